@@ -1,0 +1,140 @@
+"""Async micro-batching: many coroutines submit single items, one worker thread runs batches.
+
+The dispatcher never waits when the worker is idle and the wait is 0: a lone request runs at
+once, and requests that arrive while a batch is running form the next batch. A positive
+`max_wait_s` holds a partial batch open that long for more requests to join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Overloaded(RuntimeError):
+    """The batcher's queue is full; the caller should answer 'overloaded' and not retry at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherConfig:
+    max_batch: int = 32
+    max_wait_s: float = 0.0
+    max_queue: int = 1024
+
+
+@dataclass(slots=True)
+class BatcherStats:
+    batches: int = 0
+    items: int = 0
+    largest_batch: int = 0
+    busy_s: float = 0.0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+
+class MicroBatcher(Generic[T, R]):
+    def __init__(
+        self,
+        fn: Callable[[Sequence[T]], Sequence[R]],
+        config: BatcherConfig | None = None,
+        *,
+        name: str = "batcher",
+    ) -> None:
+        self.config = config or BatcherConfig()
+        if self.config.max_batch < 1 or self.config.max_queue < 1:
+            raise ValueError("max_batch and max_queue must be at least 1")
+        self.name = name
+        self.stats = BatcherStats()
+        self._fn = fn
+        self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._dispatch(), name=f"{self.name}-dispatch")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(Overloaded(f"{self.name} stopped"))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, item: T) -> R:
+        if self._task is None:
+            raise RuntimeError(f"{self.name} is not running")
+        if len(self._queue) >= self.config.max_queue:
+            raise Overloaded(f"{self.name} queue is full ({self.config.max_queue} waiting)")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._arrived.set()
+        return await future
+
+    async def _gather_more(self) -> None:
+        deadline = time.monotonic() + self.config.max_wait_s
+        while len(self._queue) < self.config.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            if self.config.max_wait_s > 0:
+                await self._gather_more()
+            batch = [
+                self._queue.popleft() for _ in range(min(self.config.max_batch, len(self._queue)))
+            ]
+            live = [(item, fut) for item, fut in batch if not fut.cancelled()]
+            if not live:
+                continue
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self._fn, [i for i, _ in live])
+                if len(results) != len(live):
+                    raise RuntimeError(f"{self.name} returned {len(results)} for {len(live)}")
+            except Exception as exc:
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for (_, future), result in zip(live, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+            self._record(len(live), time.perf_counter() - started)
+
+    def _record(self, size: int, seconds: float) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.items += size
+        stats.busy_s += seconds
+        stats.largest_batch = max(stats.largest_batch, size)
+        stats.sizes[size] = stats.sizes.get(size, 0) + 1

@@ -1,0 +1,67 @@
+"""Engine setup for the two supported stores: SQLite (embedded, WAL) and PostgreSQL (asyncpg)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+DEFAULT_DB_URL = "sqlite+aiosqlite:///./var/assistant.db"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    # NORMAL in WAL mode survives a process crash (kill -9) without an fsync per commit;
+    # FULL also survives power loss at the cost of an fsync per commit.
+    sqlite_synchronous: str = "NORMAL"
+    pool_size: int = 10
+    max_overflow: int = 10
+    pool_timeout_s: float = 10.0
+    echo: bool = False
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    database = parsed.database
+    if not database or database == ":memory:":
+        return None
+    return Path(database)
+
+
+def create_engine(url: str, options: EngineOptions | None = None) -> AsyncEngine:
+    opts = options or EngineOptions()
+    path = _sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    backend = make_url(url).get_backend_name()
+    kwargs: dict[str, Any] = {"echo": opts.echo}
+    if backend == "postgresql":
+        kwargs.update(
+            pool_size=opts.pool_size,
+            max_overflow=opts.max_overflow,
+            pool_timeout=opts.pool_timeout_s,
+            pool_pre_ping=True,
+        )
+    engine = create_async_engine(url, **kwargs)
+    if backend == "sqlite":
+        synchronous = opts.sqlite_synchronous.upper()
+        if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"unknown SQLite synchronous mode {opts.sqlite_synchronous!r}")
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.close()
+
+    return engine

@@ -1,0 +1,15 @@
+"""Errors the store raises; callers never see driver exceptions."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class for store failures."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or refused the operation for a transient reason."""
+
+
+class NotFound(StoreError):
+    """The row the caller named does not exist."""

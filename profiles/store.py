@@ -1,0 +1,412 @@
+"""The async store: every read and write the rest of the system makes, as plain dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, cast
+
+import numpy as np
+from sqlalchemy import select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from profiles.engine import EngineOptions, create_engine
+from profiles.errors import NotFound, StoreUnavailable
+from profiles.models import (
+    BehaviourEvent,
+    Conversation,
+    Profile,
+    ProfileSnapshot,
+    Turn,
+    User,
+    utcnow,
+)
+from profiles.records import (
+    Channel,
+    ConversationRecord,
+    ConversationStatus,
+    EventRecord,
+    NewEvent,
+    ProfileRecord,
+    ProfileUpdate,
+    Role,
+    SnapshotRecord,
+    TurnLabels,
+    TurnRecord,
+    UserRecord,
+    Vector,
+)
+
+
+def _to_bytes(vector: Vector) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def _from_bytes(blob: bytes) -> Vector:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def _user(row: User) -> UserRecord:
+    return UserRecord(
+        id=row.id,
+        tenant=row.tenant,
+        external_id=row.external_id,
+        name=row.name,
+        locale=row.locale,
+        created_at=row.created_at,
+        last_seen_at=row.last_seen_at,
+    )
+
+
+def _profile(row: Profile) -> ProfileRecord:
+    return ProfileRecord(
+        user_id=row.user_id,
+        vector=_from_bytes(row.vector),
+        model_version=row.model_version,
+        turn_count=row.turn_count,
+        event_count=row.event_count,
+        emotion_state=row.emotion_state,
+        intent_histogram=dict(row.intent_histogram or {}),
+        modality_contributions=dict(row.modality_contributions or {}),
+        updated_at=row.updated_at,
+    )
+
+
+def _conversation(row: Conversation) -> ConversationRecord:
+    return ConversationRecord(
+        id=row.id,
+        user_id=row.user_id,
+        channel=cast(Channel, row.channel),
+        status=cast(ConversationStatus, row.status),
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+    )
+
+
+def _turn(row: Turn) -> TurnRecord:
+    return TurnRecord(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        user_id=row.user_id,
+        role=cast(Role, row.role),
+        client_id=row.client_id,
+        text=row.text,
+        intent=row.intent,
+        intent_confidence=row.intent_confidence,
+        emotion=row.emotion,
+        emotion_scores=row.emotion_scores,
+        latency_ms=row.latency_ms,
+        created_at=row.created_at,
+    )
+
+
+def _event(row: BehaviourEvent) -> EventRecord:
+    return EventRecord(
+        id=row.id,
+        user_id=row.user_id,
+        conversation_id=row.conversation_id,
+        client_id=row.client_id,
+        name=row.name,
+        props=dict(row.props or {}),
+        occurred_at=row.occurred_at,
+        received_at=row.received_at,
+    )
+
+
+class Store:
+    """Async access to users, profiles, conversations, turns and behaviour events."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.backend = engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str, options: EngineOptions | None = None) -> Store:
+        return cls(create_engine(url, options))
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncSession]:
+        """One transaction; driver and connection failures surface as StoreUnavailable."""
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def ping(self) -> bool:
+        try:
+            async with self._tx() as session:
+                await session.execute(text("SELECT 1"))
+        except StoreUnavailable:
+            return False
+        return True
+
+    # users
+
+    async def upsert_user(
+        self,
+        tenant: str,
+        external_id: str,
+        *,
+        name: str | None = None,
+        locale: str | None = None,
+    ) -> UserRecord:
+        """The user for (tenant, external_id), created on first sight; name and locale refreshed."""
+        for _ in range(2):
+            try:
+                async with self._tx() as session:
+                    row = await session.scalar(
+                        select(User).where(User.tenant == tenant, User.external_id == external_id)
+                    )
+                    now = utcnow()
+                    if row is None:
+                        row = User(
+                            tenant=tenant,
+                            external_id=external_id,
+                            name=name,
+                            locale=locale,
+                            created_at=now,
+                            last_seen_at=now,
+                        )
+                        session.add(row)
+                    else:
+                        row.last_seen_at = now
+                        if name is not None:
+                            row.name = name
+                        if locale is not None:
+                            row.locale = locale
+                    await session.flush()
+                    return _user(row)
+            except IntegrityError:
+                # Another connection created the same user between our select and insert.
+                continue
+        raise StoreUnavailable("could not create user")
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        async with self._tx() as session:
+            row = await session.get(User, user_id)
+            return None if row is None else _user(row)
+
+    # conversations
+
+    async def open_conversation(self, user_id: str, channel: Channel) -> ConversationRecord:
+        async with self._tx() as session:
+            row = Conversation(user_id=user_id, channel=channel, status="bot", started_at=utcnow())
+            session.add(row)
+            await session.flush()
+            return _conversation(row)
+
+    async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
+        async with self._tx() as session:
+            row = await session.get(Conversation, conversation_id)
+            return None if row is None else _conversation(row)
+
+    async def set_conversation_status(
+        self, conversation_id: str, status: ConversationStatus
+    ) -> ConversationRecord:
+        async with self._tx() as session:
+            row = await session.get(Conversation, conversation_id)
+            if row is None:
+                raise NotFound(conversation_id)
+            row.status = status
+            if status == "closed" and row.ended_at is None:
+                row.ended_at = utcnow()
+            return _conversation(row)
+
+    # turns
+
+    async def add_user_turn(
+        self, conversation_id: str, user_id: str, client_id: str, text: str
+    ) -> tuple[TurnRecord, bool]:
+        """Store a user's turn; the same client id twice in a conversation is one turn.
+
+        Returns the turn and whether it was created now. Committed when this returns.
+        """
+        try:
+            async with self._tx() as session:
+                row = Turn(
+                    conversation_id=conversation_id,
+                    user_id=user_id,
+                    role="user",
+                    client_id=client_id,
+                    text=text,
+                    created_at=utcnow(),
+                )
+                session.add(row)
+                await session.flush()
+                return _turn(row), True
+        except IntegrityError:
+            async with self._tx() as session:
+                existing = await session.scalar(
+                    select(Turn).where(
+                        Turn.conversation_id == conversation_id, Turn.client_id == client_id
+                    )
+                )
+                if existing is None:
+                    raise
+                return _turn(existing), False
+
+    async def finish_turn(
+        self,
+        user_turn_id: str,
+        *,
+        labels: TurnLabels,
+        reply_text: str,
+        latency_ms: float,
+        profile: ProfileUpdate | None,
+    ) -> TurnRecord:
+        """One transaction: the user turn's labels, the assistant's reply turn and the profile."""
+        async with self._tx() as session:
+            user_turn = await session.get(Turn, user_turn_id)
+            if user_turn is None:
+                raise NotFound(user_turn_id)
+            user_turn.intent = labels.intent
+            user_turn.intent_confidence = labels.intent_confidence
+            user_turn.emotion = labels.emotion
+            user_turn.emotion_scores = labels.emotion_scores
+            reply = Turn(
+                conversation_id=user_turn.conversation_id,
+                user_id=user_turn.user_id,
+                role="assistant",
+                text=reply_text,
+                latency_ms=latency_ms,
+                created_at=utcnow(),
+            )
+            session.add(reply)
+            if profile is not None:
+                await self._apply_profile(session, user_turn.user_id, profile, user_turn.id)
+            await session.flush()
+            return _turn(reply)
+
+    async def list_turns(self, conversation_id: str) -> list[TurnRecord]:
+        async with self._tx() as session:
+            rows = await session.scalars(
+                select(Turn)
+                .where(Turn.conversation_id == conversation_id)
+                .order_by(Turn.created_at, Turn.role.desc())
+            )
+            return [_turn(r) for r in rows]
+
+    # behaviour events
+
+    async def add_events(
+        self, user_id: str, conversation_id: str | None, events: Sequence[NewEvent]
+    ) -> int:
+        """Store events idempotently on (user, client id); returns how many were new."""
+        if not events:
+            return 0
+        now = utcnow()
+        values: list[dict[str, Any]] = [
+            {
+                "user_id": user_id,
+                "conversation_id": conversation_id,
+                "client_id": e.client_id,
+                "name": e.name,
+                "props": e.props,
+                "occurred_at": e.occurred_at,
+                "received_at": now,
+            }
+            for e in events
+        ]
+        stmt: Any
+        if self.backend == "postgresql":
+            stmt = (
+                postgresql.insert(BehaviourEvent)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=["user_id", "client_id"])
+            )
+        else:
+            stmt = (
+                sqlite.insert(BehaviourEvent)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=["user_id", "client_id"])
+            )
+        async with self._tx() as session:
+            result = await session.execute(stmt)
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    async def list_events(self, user_id: str, *, limit: int = 100) -> list[EventRecord]:
+        async with self._tx() as session:
+            rows = await session.scalars(
+                select(BehaviourEvent)
+                .where(BehaviourEvent.user_id == user_id)
+                .order_by(BehaviourEvent.occurred_at.desc(), BehaviourEvent.id.desc())
+                .limit(limit)
+            )
+            return [_event(r) for r in rows]
+
+    # profiles
+
+    async def get_profile(self, user_id: str) -> ProfileRecord | None:
+        async with self._tx() as session:
+            row = await session.get(Profile, user_id)
+            return None if row is None else _profile(row)
+
+    async def list_snapshots(self, user_id: str) -> list[SnapshotRecord]:
+        async with self._tx() as session:
+            rows = await session.scalars(
+                select(ProfileSnapshot)
+                .where(ProfileSnapshot.user_id == user_id)
+                .order_by(ProfileSnapshot.id)
+            )
+            return [
+                SnapshotRecord(
+                    id=r.id,
+                    user_id=r.user_id,
+                    vector=_from_bytes(r.vector),
+                    model_version=r.model_version,
+                    reason=r.reason,
+                    turn_id=r.turn_id,
+                    created_at=r.created_at,
+                )
+                for r in rows
+            ]
+
+    async def _apply_profile(
+        self, session: AsyncSession, user_id: str, update: ProfileUpdate, turn_id: str | None
+    ) -> None:
+        now: datetime = utcnow()
+        blob = _to_bytes(update.vector)
+        row = await session.get(Profile, user_id)
+        if row is None:
+            row = Profile(
+                user_id=user_id,
+                vector=blob,
+                dim=int(update.vector.shape[0]),
+                model_version=update.model_version,
+                turn_count=update.turns,
+                event_count=update.events,
+                emotion_state=None,
+                intent_histogram={},
+                modality_contributions=dict(update.modality_contributions),
+                updated_at=now,
+            )
+            session.add(row)
+        else:
+            row.vector = blob
+            row.dim = int(update.vector.shape[0])
+            row.model_version = update.model_version
+            row.turn_count += update.turns
+            row.event_count += update.events
+            row.modality_contributions = dict(update.modality_contributions)
+            row.updated_at = now
+        session.add(
+            ProfileSnapshot(
+                user_id=user_id,
+                vector=blob,
+                model_version=update.model_version,
+                reason=update.reason,
+                turn_id=turn_id,
+                modality_contributions=dict(update.modality_contributions),
+                created_at=now,
+            )
+        )
