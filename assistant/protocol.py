@@ -7,7 +7,10 @@ it never raises. Server frames are frozen dataclasses that `serialize` writes wi
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -15,8 +18,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AwareDatetime,
-    Base64Bytes,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
@@ -65,6 +68,33 @@ ClientId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 
 
+def _rfc3339_text(value: object) -> object:
+    # Lax datetime parsing would take a bare number for Unix time; the contract says RFC 3339.
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 date-time string with an offset")
+    return value
+
+
+def _base64_text(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise ValueError("is not valid base64") from None
+
+
+def _finite(value: object) -> bool:
+    """JSON has no NaN or Infinity; an overflowing literal like 1e400 would decode to inf."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
 class _Frame(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
 
@@ -93,7 +123,7 @@ class EventItem(_Frame):
     id: ClientId
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     # RFC 3339 with an offset; lax only here so that JSON strings parse into datetimes.
-    at: Annotated[AwareDatetime, Strict(False)]
+    at: Annotated[AwareDatetime, Strict(False), BeforeValidator(_rfc3339_text)]
     props: dict[str, JsonValue] = Field(default_factory=dict)
 
 
@@ -117,7 +147,7 @@ class Audio(_Frame):
     id: ClientId
     encoding: Literal["pcm16", "mulaw"]
     sample_rate: Literal[8000, 16000]
-    data: Annotated[Base64Bytes, Strict(False)]
+    data: Annotated[bytes, BeforeValidator(_base64_text)]
 
 
 class Ping(_Frame):
@@ -167,9 +197,12 @@ def _check_times(
 def parse_client_frame(text: str, *, now: datetime | None = None) -> ClientFrame | ProtocolError:
     """Parse one /chat text frame. Never raises: bad input becomes a ProtocolError."""
     try:
-        raw = from_json(text)
-    except ValueError as exc:
+        raw = from_json(text, allow_inf_nan=False)
+    except (ValueError, TypeError) as exc:
+        # TypeError: a str holding lone surrogates, which cannot be encoded at all.
         return ProtocolError(ErrorCode.INVALID_JSON, f"not valid JSON: {exc}")
+    if not _finite(raw):
+        return ProtocolError(ErrorCode.INVALID_JSON, "not valid JSON: numbers must be finite")
     if not isinstance(raw, dict):
         return ProtocolError(ErrorCode.INVALID_FRAME, "a frame must be a JSON object")
     ref = raw.get("id") if isinstance(raw.get("id"), str) else None

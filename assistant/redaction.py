@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b", re.IGNORECASE)
 _CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
 # International (+ or 00), national with a trunk 0, or ten-digit North American numbers; dates
 # and short amounts do not match.
@@ -29,7 +30,7 @@ def luhn_valid(digits: str) -> bool:
 
 
 def iban_valid(candidate: str) -> bool:
-    compact = candidate.replace(" ", "")
+    compact = candidate.replace(" ", "").upper()
     if not 15 <= len(compact) <= 34:
         return False
     rearranged = compact[4:] + compact[:4]
@@ -37,13 +38,31 @@ def iban_valid(candidate: str) -> bool:
     return int(number) % 97 == 1
 
 
+def _redact_longest(found: str, valid: Callable[[str], bool], label: str, shortest: int) -> str:
+    """Redact the longest valid prefix of `found` that ends at a group boundary.
+
+    The patterns are greedy, so a card number followed by an expiry date or CVV, or an IBAN
+    followed by a word, matches as one longer invalid candidate; the identifier is its prefix.
+    """
+    for end in range(len(found), shortest - 1, -1):
+        if not found[end - 1].isalnum() or (end < len(found) and found[end].isalnum()):
+            continue
+        if valid(found[:end]):
+            return label + found[end:]
+    return found
+
+
+def _card_valid(candidate: str) -> bool:
+    digits = re.sub(r"\D", "", candidate)
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
 def _card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group())
-    return "[CARD]" if luhn_valid(digits) else match.group()
+    return _redact_longest(match.group(), _card_valid, "[CARD]", 13)
 
 
 def _iban(match: re.Match[str]) -> str:
-    return "[IBAN]" if iban_valid(match.group()) else match.group()
+    return _redact_longest(match.group(), iban_valid, "[IBAN]", 15)
 
 
 def redact(text: str) -> str:

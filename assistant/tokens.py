@@ -64,7 +64,7 @@ def issue_token(
 def verify_token(secret: str, token: str, *, now: float | None = None) -> Claims | TokenProblem:
     """The token's claims, or why it is refused. Never raises on hostile input."""
     payload, dot, signature = token.partition(".")
-    if not dot or not payload or not signature or not payload.isascii():
+    if not (dot and payload and signature and payload.isascii() and signature.isascii()):
         return TokenProblem.MALFORMED
     if not hmac.compare_digest(_sign(secret, payload), signature):
         return TokenProblem.FORGED

@@ -56,8 +56,10 @@ class MicroBatcher(Generic[T, R]):
         self._fn = fn
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
+        # The batch in the worker thread: stop() must answer its callers too.
+        self._inflight: list[tuple[T, asyncio.Future[R]]] = []
 
     @property
     def depth(self) -> int:
@@ -65,6 +67,7 @@ class MicroBatcher(Generic[T, R]):
 
     def start(self) -> None:
         if self._task is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
             self._task = asyncio.create_task(self._dispatch(), name=f"{self.name}-dispatch")
 
     async def stop(self) -> None:
@@ -73,11 +76,16 @@ class MicroBatcher(Generic[T, R]):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        while self._queue:
-            _, future = self._queue.popleft()
+        waiting = [*self._inflight, *self._queue]
+        self._inflight = []
+        self._queue.clear()
+        for _, future in waiting:
             if not future.done():
                 future.set_exception(Overloaded(f"{self.name} stopped"))
-        self._executor.shutdown(wait=True)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # The running batch finishes in its thread; waiting for it must not block the loop.
+            await asyncio.to_thread(executor.shutdown, True)
 
     async def submit(self, item: T) -> R:
         if self._task is None:
@@ -117,6 +125,7 @@ class MicroBatcher(Generic[T, R]):
             if not live:
                 continue
             started = time.perf_counter()
+            self._inflight = live
             try:
                 results = await loop.run_in_executor(self._executor, self._fn, [i for i, _ in live])
                 if len(results) != len(live):
@@ -129,6 +138,7 @@ class MicroBatcher(Generic[T, R]):
                 for (_, future), result in zip(live, results, strict=True):
                     if not future.done():
                         future.set_result(result)
+            self._inflight = []
             self._record(len(live), time.perf_counter() - started)
 
     def _record(self, size: int, seconds: float) -> None:

@@ -199,11 +199,16 @@ class Store:
     # conversations
 
     async def open_conversation(self, user_id: str, channel: Channel) -> ConversationRecord:
-        async with self._tx() as session:
-            row = Conversation(user_id=user_id, channel=channel, status="bot", started_at=utcnow())
-            session.add(row)
-            await session.flush()
-            return _conversation(row)
+        try:
+            async with self._tx() as session:
+                row = Conversation(
+                    user_id=user_id, channel=channel, status="bot", started_at=utcnow()
+                )
+                session.add(row)
+                await session.flush()
+                return _conversation(row)
+        except IntegrityError:
+            raise NotFound(f"user {user_id}") from None
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
         async with self._tx() as session:
@@ -252,7 +257,7 @@ class Store:
                     )
                 )
                 if existing is None:
-                    raise
+                    raise NotFound(f"conversation {conversation_id} or user {user_id}") from None
                 return _turn(existing), False
 
     async def finish_turn(
@@ -330,9 +335,13 @@ class Store:
                 .values(values)
                 .on_conflict_do_nothing(index_elements=["user_id", "client_id"])
             )
-        async with self._tx() as session:
-            result = await session.execute(stmt)
-            return int(getattr(result, "rowcount", 0) or 0)
+        try:
+            async with self._tx() as session:
+                result = await session.execute(stmt)
+                return int(getattr(result, "rowcount", 0) or 0)
+        except IntegrityError:
+            # Duplicates are skipped by ON CONFLICT, so this is a missing user or conversation.
+            raise NotFound(f"user {user_id} or conversation {conversation_id}") from None
 
     async def list_events(self, user_id: str, *, limit: int = 100) -> list[EventRecord]:
         async with self._tx() as session:

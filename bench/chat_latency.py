@@ -1,0 +1,380 @@
+"""Chat turn latency against a real server, next to the bare text-encoder forward it contains.
+
+What it measures, in one process and with the models loaded once:
+
+- **turn latency**: a real server on port 0 (a fresh, migrated SQLite database in a temporary
+  directory unless `--db-url` names another one) and one real websockets client on `/chat`.
+  After `hello` and a few warm-up turns that are not counted, the client sends `--turns`
+  messages one at a time, cycling a fixed list of varied customer-service sentences. A turn's
+  latency is the client-side time (`time.perf_counter`) from sending the `message` frame to
+  receiving its `reply` frame: parsing, redaction, the durable user turn and its ack, the text
+  encoder in its micro-batcher, the profile read-modify-write, the reply deltas and the
+  transaction that stores them, plus the WebSocket hops on localhost.
+- **bare encoder**: `text_encoder.encode([text])` on the same loaded model for the same
+  messages, one sentence per call, timed around the call alone in one worker thread (as the
+  micro-batcher runs it) with torch's default thread count.
+
+It prints p50 and p99 turn latency, the encoder's p50 and `ratio = turn p50 / encoder p50`
+(the cost of everything around the model; the target is 2.0 or less), with the machine.
+
+    .venv/bin/python bench/chat_latency.py                       # 200 turns, device auto
+    .venv/bin/python bench/chat_latency.py --turns 500 --device cpu --json var/latency.json
+    .venv/bin/python bench/chat_latency.py --db-url postgresql+asyncpg://postgres@127.0.0.1/test
+
+Exit status 0 when the run completed (whatever the ratio), 1 when something failed (an
+error frame, a timeout, a closed connection, a server that did not start), 2 on bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Before anything imports transformers: an accidental model-hub call must fail fast.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # type: ignore[import-untyped]  # noqa: E402
+from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: E402
+
+from assistant import Models, Settings, load_models  # noqa: E402
+from server import running  # noqa: E402
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+DEFAULT_TURNS = 200
+WARMUP_TURNS = 10
+RECV_TIMEOUT_S = 30.0
+TARGET_RATIO = 2.0
+
+# Realistic, varied widget messages (short and long, questions and complaints, one with an
+# e-mail address and one with a card number so that redaction does real work).
+MESSAGES: tuple[str, ...] = (
+    "Hi, where is my order? It was supposed to arrive yesterday.",
+    "I was charged twice for the same purchase, can you refund one of them?",
+    "How do I reset my password?",
+    "My card payment keeps failing at checkout even though I have enough money.",
+    "Can I change the delivery address for order 48213?",
+    "I want to cancel my subscription.",
+    "The item I received is damaged, the box was completely crushed.",
+    "Do you ship to Canada, and how long does it usually take?",
+    "Why was my account locked? I only tried to log in twice.",
+    "I need an invoice with my company's VAT number on it.",
+    "Please update my email to jane.doe@example.com",
+    "This is the third time I'm asking, nobody has answered me yet!",
+    "What is your return policy for sale items?",
+    "Can I pay with PayPal?",
+    "My discount code SPRING20 says it has expired but the email said it is valid until Friday.",
+    "The tracking page has said 'label created' for five days now.",
+    "I'd like to speak to a human, please.",
+    "How can I add a second user to my business account?",
+    "I think someone used my card, I don't recognise a payment of 89.99 from last night.",
+    "My card number is 4111 1111 1111 1111, why was it declined?",
+    "Is the blue jacket in size M coming back in stock?",
+    "The app crashes every time I open my order history on Android.",
+    "Can you split my order into two deliveries?",
+    "I returned the shoes two weeks ago and still haven't got my money back.",
+    "thanks, that helped",
+    "What are your customer service opening hours on weekends?",
+    "I got the wrong colour, I ordered black and received grey.",
+    "How do I delete my account and all my data?",
+    "Can I get a price adjustment? The TV I bought on Monday is now 50 dollars cheaper.",
+    "The exchange rate you used for my refund looks wrong, I got less than I paid.",
+)
+
+
+class BenchError(RuntimeError):
+    """The run could not complete; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    cpu: str
+    cores: int
+    usable_cores: int
+    torch_threads: int
+    device: str
+    torch: str
+    python: str
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    turns: int
+    warmup_turns: int
+    db_backend: str
+    turn_p50_ms: float
+    turn_p99_ms: float
+    turn_mean_ms: float
+    turn_max_ms: float
+    encoder_p50_ms: float
+    encoder_p99_ms: float
+    ratio: float
+    target_ratio: float
+    # 1-minute load average when the run started and ended: other processes on the machine
+    # (a test suite, a training run) inflate both figures, the turn's more than the model's.
+    load_start: float
+    load_end: float
+    machine: Machine
+
+
+def messages(count: int, offset: int = 0) -> list[str]:
+    """`count` messages cycling MESSAGES, starting `offset` into the cycle."""
+    return [MESSAGES[(offset + i) % len(MESSAGES)] for i in range(count)]
+
+
+def percentile_ms(samples_s: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples_s, dtype=np.float64), q) * 1000.0)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "Processor") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def describe_machine(models: Models, torch_threads: int) -> Machine:
+    cores = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    device = str(models.device)
+    if models.device.type == "cuda":
+        device = f"{device} ({torch.cuda.get_device_name(models.device)})"
+    return Machine(
+        cpu=cpu_model(),
+        cores=cores,
+        usable_cores=usable,
+        torch_threads=torch_threads,
+        device=device,
+        torch=torch.__version__,
+        python=platform.python_version(),
+    )
+
+
+# the client side of a turn
+
+
+async def recv_frame(ws: ClientConnection) -> dict[str, Any]:
+    try:
+        raw = await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S)
+    except TimeoutError:
+        raise BenchError(f"no frame from the server within {RECV_TIMEOUT_S:.0f} s") from None
+    except ConnectionClosed as exc:
+        raise BenchError(f"the server closed the connection: {exc}") from None
+    frame = json.loads(raw)
+    if not isinstance(frame, dict) or "type" not in frame:
+        raise BenchError(f"not a server frame: {raw!r}")
+    if frame["type"] == "error":
+        raise BenchError(
+            f"error frame: {frame.get('code')}: {frame.get('message')} (ref {frame.get('ref')})"
+        )
+    return frame
+
+
+async def hello(ws: ClientConnection) -> None:
+    external_id = f"bench-{uuid.uuid4().hex[:12]}"
+    await ws.send(json.dumps({"type": "hello", "user": {"external_id": external_id}}))
+    frame = await recv_frame(ws)
+    if frame["type"] != "welcome":
+        raise BenchError(f"expected 'welcome' after hello, got {frame!r}")
+
+
+async def turn(ws: ClientConnection, client_id: str, text: str) -> float:
+    """Send one message and wait for its reply; the seconds in between (client side)."""
+    payload = json.dumps({"type": "message", "id": client_id, "text": text})
+    acked = False
+    started = time.perf_counter()
+    await ws.send(payload)
+    while True:
+        frame = await recv_frame(ws)
+        if frame["type"] == "reply":
+            elapsed = time.perf_counter() - started
+            if not acked:
+                raise BenchError(f"reply to {client_id!r} arrived before its ack")
+            return elapsed
+        if frame["type"] == "ack" and frame.get("id") == client_id:
+            acked = True
+
+
+async def run_turns(url: str, texts: Sequence[str], warmup: Sequence[str]) -> list[float]:
+    latencies: list[float] = []
+    try:
+        async with connect(f"{url}/chat") as ws:
+            await hello(ws)
+            for i, text in enumerate(warmup):
+                await turn(ws, f"warmup-{i}", text)
+            with tqdm(total=len(texts), desc="turns", unit="turn", leave=False) as bar:
+                for i, text in enumerate(texts):
+                    latencies.append(await turn(ws, f"m-{i}", text))
+                    bar.update(1)
+    except (OSError, WebSocketException) as exc:
+        raise BenchError(f"could not talk to {url}/chat: {exc}") from exc
+    return latencies
+
+
+# the bare model
+
+
+def time_encoder(models: Models, texts: Sequence[str], warmup: int) -> tuple[list[float], int]:
+    """Per-call seconds of encode([text]) after `warmup` untimed calls, and torch's threads."""
+    encoder = models.text_encoder
+    for text in texts[:warmup]:
+        encoder.encode([text])
+    samples: list[float] = []
+    for text in texts:
+        started = time.perf_counter()
+        encoder.encode([text])
+        samples.append(time.perf_counter() - started)
+    return samples, torch.get_num_threads()
+
+
+# the run
+
+
+async def serve_and_chat(
+    settings: Settings, models: Models, texts: Sequence[str], warmup: Sequence[str]
+) -> list[float]:
+    """Start the server (migrating its database), run the turns, stop the server."""
+    try:
+        async with running(settings, models=models, migrate_db=True) as srv:
+            return await run_turns(srv.url, texts, warmup)
+    except BenchError:
+        raise
+    except Exception as exc:
+        raise BenchError(f"the server failed ({settings.db_url}): {exc!r}") from exc
+
+
+async def bench(turns: int, device: DeviceChoice, db_url: str | None) -> Figures:
+    texts = messages(turns, offset=WARMUP_TURNS)
+    warmup = messages(WARMUP_TURNS)
+    load_start = load_average()
+    with tempfile.TemporaryDirectory(prefix="chat-latency-") as tmp:
+        url = db_url or f"sqlite+aiosqlite:///{Path(tmp) / 'assistant.db'}"
+        settings = Settings(host="127.0.0.1", port=0, db_url=url, device=device)
+        try:
+            models = load_models(settings)
+        except Exception as exc:
+            raise BenchError(f"could not load the models on {device!r}: {exc}") from exc
+        models.start()
+        try:
+            latencies = await serve_and_chat(settings, models, texts, warmup)
+            # The server is stopped: the model now runs alone, in a worker thread as in the
+            # micro-batcher, on the same messages.
+            encoder, threads = await asyncio.to_thread(time_encoder, models, texts, WARMUP_TURNS)
+        finally:
+            await models.stop()
+    turn_p50 = percentile_ms(latencies, 50)
+    encoder_p50 = percentile_ms(encoder, 50)
+    return Figures(
+        turns=len(latencies),
+        warmup_turns=WARMUP_TURNS,
+        db_backend=url.partition(":")[0].partition("+")[0],
+        turn_p50_ms=turn_p50,
+        turn_p99_ms=percentile_ms(latencies, 99),
+        turn_mean_ms=float(np.mean(latencies) * 1000.0),
+        turn_max_ms=float(np.max(latencies) * 1000.0),
+        encoder_p50_ms=encoder_p50,
+        encoder_p99_ms=percentile_ms(encoder, 99),
+        ratio=turn_p50 / encoder_p50,
+        target_ratio=TARGET_RATIO,
+        load_start=load_start,
+        load_end=load_average(),
+        machine=describe_machine(models, threads),
+    )
+
+
+def table(figures: Figures) -> str:
+    m = figures.machine
+    verdict = "ok" if figures.ratio <= figures.target_ratio else "ABOVE TARGET"
+    rows = [
+        ("machine", f"{m.cpu}, {m.cores} cores ({m.usable_cores} usable)"),
+        ("device", f"{m.device}, torch {m.torch}, {m.torch_threads} threads"),
+        ("load (1 min)", f"{figures.load_start:.2f} at start, {figures.load_end:.2f} at end"),
+        ("database", figures.db_backend),
+        ("turns", f"{figures.turns} (+{figures.warmup_turns} warm-up, not counted)"),
+        ("turn p50", f"{figures.turn_p50_ms:8.2f} ms"),
+        ("turn p99", f"{figures.turn_p99_ms:8.2f} ms"),
+        ("encoder p50", f"{figures.encoder_p50_ms:8.2f} ms   (bare encode([text]))"),
+        (
+            "ratio",
+            f"{figures.ratio:8.2f}      turn p50 / encoder p50, target <= "
+            f"{figures.target_ratio:.1f}: {verdict}",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chat_latency",
+        description="Chat turn latency (p50, p99) over a real server vs the bare text encoder.",
+    )
+    parser.add_argument(
+        "--turns", type=int, default=DEFAULT_TURNS, help=f"measured turns ({DEFAULT_TURNS})"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="model device (auto)"
+    )
+    parser.add_argument(
+        "--db-url",
+        help="bench against this database (migrated first), e.g. a PostgreSQL asyncpg URL; "
+        "default: a fresh SQLite file in a temporary directory",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.turns < 1:
+        _parser().error("--turns must be at least 1")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        figures = asyncio.run(bench(args.turns, args.device, args.db_url))
+    except BenchError as exc:
+        print(f"chat_latency: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("chat_latency: interrupted", file=sys.stderr)
+        return 130
+    print(table(figures))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(asdict(figures), indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
