@@ -38,6 +38,9 @@ class BatcherStats:
     largest_batch: int = 0
     busy_s: float = 0.0
     sizes: dict[int, int] = field(default_factory=dict)
+    # Seconds each recent item spent queued before its batch started (the batching cost).
+    waits_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    batch_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
 
 class MicroBatcher(Generic[T, R]):
@@ -54,12 +57,12 @@ class MicroBatcher(Generic[T, R]):
         self.name = name
         self.stats = BatcherStats()
         self._fn = fn
-        self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._queue: deque[tuple[T, asyncio.Future[R], float]] = deque()
         self._arrived = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         # The batch in the worker thread: stop() must answer its callers too.
-        self._inflight: list[tuple[T, asyncio.Future[R]]] = []
+        self._inflight: list[tuple[T, asyncio.Future[R], float]] = []
 
     @property
     def depth(self) -> int:
@@ -79,7 +82,7 @@ class MicroBatcher(Generic[T, R]):
         waiting = [*self._inflight, *self._queue]
         self._inflight = []
         self._queue.clear()
-        for _, future in waiting:
+        for _, future, _ in waiting:
             if not future.done():
                 future.set_exception(Overloaded(f"{self.name} stopped"))
         executor, self._executor = self._executor, None
@@ -93,7 +96,7 @@ class MicroBatcher(Generic[T, R]):
         if len(self._queue) >= self.config.max_queue:
             raise Overloaded(f"{self.name} queue is full ({self.config.max_queue} waiting)")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
+        self._queue.append((item, future, time.perf_counter()))
         self._arrived.set()
         return await future
 
@@ -121,21 +124,24 @@ class MicroBatcher(Generic[T, R]):
             batch = [
                 self._queue.popleft() for _ in range(min(self.config.max_batch, len(self._queue)))
             ]
-            live = [(item, fut) for item, fut in batch if not fut.cancelled()]
+            live = [entry for entry in batch if not entry[1].cancelled()]
             if not live:
                 continue
             started = time.perf_counter()
+            self.stats.waits_s.extend(started - queued for _, _, queued in live)
             self._inflight = live
             try:
-                results = await loop.run_in_executor(self._executor, self._fn, [i for i, _ in live])
+                results = await loop.run_in_executor(
+                    self._executor, self._fn, [item for item, _, _ in live]
+                )
                 if len(results) != len(live):
                     raise RuntimeError(f"{self.name} returned {len(results)} for {len(live)}")
             except Exception as exc:
-                for _, future in live:
+                for _, future, _ in live:
                     if not future.done():
                         future.set_exception(exc)
             else:
-                for (_, future), result in zip(live, results, strict=True):
+                for (_, future, _), result in zip(live, results, strict=True):
                     if not future.done():
                         future.set_result(result)
             self._inflight = []
@@ -146,5 +152,6 @@ class MicroBatcher(Generic[T, R]):
         stats.batches += 1
         stats.items += size
         stats.busy_s += seconds
+        stats.batch_s.append(seconds)
         stats.largest_batch = max(stats.largest_batch, size)
         stats.sizes[size] = stats.sizes.get(size, 0) + 1

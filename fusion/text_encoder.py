@@ -11,6 +11,8 @@ import numpy.typing as npt
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from fusion.device import autocast, to_device
+
 EMBEDDING_DIM = 384
 
 
@@ -41,14 +43,16 @@ class TextEncoder:
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        batch = self.tokenizer(
+        encoded = self.tokenizer(
             list(texts),
             padding=True,
             truncation=True,
             max_length=self.config.max_tokens,
             return_tensors="pt",
-        ).to(self.device)
-        hidden = self.model(**batch).last_hidden_state  # (B, T, 384)
+        )
+        batch = {name: to_device(value, self.device) for name, value in encoded.items()}
+        with autocast(self.device):
+            hidden = self.model(**batch).last_hidden_state.float()  # (B, T, 384)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)  # (B, 384)
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
