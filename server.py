@@ -2,6 +2,7 @@
 
 assistant serve [--host H] [--port P]     (also: python server.py --host H --port P)
 assistant migrate
+assistant refuse                          (after a fusion model upgrade)
 assistant token EXTERNAL_ID [--tenant T] [--ttl S]
 """
 
@@ -31,6 +32,7 @@ from assistant import (
     SettingsError,
     issue_token,
     migrate_database,
+    refuse_database,
 )
 
 log = logging.getLogger("server")
@@ -145,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, help="port, 0 picks a free one (ASSISTANT_PORT)")
         p.add_argument("--db-url", help="database URL (ASSISTANT_DB_URL)")
     sub.add_parser("migrate", help="upgrade the database to the latest schema")
+    sub.add_parser(
+        "refuse",
+        help="rebuild every stored profile with the shipped fusion model",
+    )
     token_p = sub.add_parser("token", help="print a signed widget token (needs the widget secret)")
     token_p.add_argument("external_id")
     token_p.add_argument("--tenant", default="default")
@@ -175,6 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "migrate":
         migrate_database(settings.db_url)
         print("database is at the latest revision")
+        return 0
+    if command == "refuse":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        report = asyncio.run(refuse_database(settings))
+        print(
+            f"re-fused {report.profiles} profiles of {report.users} users from "
+            f"{report.observations} observations with {report.model_version}"
+        )
         return 0
     if command == "token":
         if settings.widget_secret is None:

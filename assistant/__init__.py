@@ -5,7 +5,8 @@ from assistant.config import Settings, SettingsError
 from assistant.outbox import Transport
 from assistant.protocol import MAX_FRAME_BYTES, ErrorCode, parse_client_frame
 from assistant.redaction import redact
-from assistant.runtime import Models, Runtime, load_models, migrate_database
+from assistant.refusion import RefuseReport
+from assistant.runtime import Models, Runtime, load_models, migrate_database, refuse_database
 from assistant.tokens import issue_token, verify_token
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "ChatService",
     "ErrorCode",
     "Models",
+    "RefuseReport",
     "Runtime",
     "Settings",
     "SettingsError",
@@ -24,5 +26,6 @@ __all__ = [
     "migrate_database",
     "parse_client_frame",
     "redact",
+    "refuse_database",
     "verify_token",
 ]

@@ -208,6 +208,7 @@ class ChatConnection:
         ]
         stored = await self._service.store.add_events(session.user.id, session.id, events)
         session.emit(Ack(id=frame.id, stored=stored, duplicates=len(events) - stored))
+        session.events_stored(stored)
 
     # hello
 

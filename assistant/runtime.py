@@ -7,6 +7,7 @@ import logging
 
 from assistant.chat import ChatConfig, ChatService
 from assistant.config import Settings
+from assistant.refusion import RefuseReport, refuse_all
 from fusion import BatcherConfig, FusionConfig, FusionRuntime
 from profiles import EngineOptions, Store, migrate
 
@@ -34,6 +35,16 @@ def fusion_config(settings: Settings) -> FusionConfig:
             max_queue=settings.batch_queue,
         ),
     )
+
+
+async def refuse_database(settings: Settings) -> RefuseReport:
+    """Rebuild every stored profile with the shipped fusion model (`assistant refuse`)."""
+    models = load_models(settings)
+    store = Store.open(settings.db_url)
+    try:
+        return await refuse_all(store, models)
+    finally:
+        await store.close()
 
 
 class Runtime:

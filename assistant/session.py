@@ -26,8 +26,15 @@ from assistant.protocol import (
     serialize,
 )
 from assistant.replies import compose_acknowledgement, stream_chunks
-from fusion import Overloaded
-from profiles import ConversationRecord, ProfileUpdate, StoreUnavailable, TurnLabels, UserRecord
+from fusion import FuseResult, Observation, Overloaded, ProfileState
+from profiles import (
+    ConversationRecord,
+    ProfileRecord,
+    ProfileUpdate,
+    StoreUnavailable,
+    TurnLabels,
+    UserRecord,
+)
 
 if TYPE_CHECKING:
     from assistant.chat import ChatService
@@ -41,6 +48,19 @@ class PendingTurn:
     client_id: str
     text: str
     received: float  # time.perf_counter() when the frame arrived
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBehaviour:
+    """New behaviour events to fold into the profile; many event frames share one job."""
+
+
+def _state(profile: ProfileRecord | None, model_version: str) -> ProfileState | None:
+    # A vector from another fusion model lives in another space: start afresh rather than mix.
+    if profile is None or profile.model_version != model_version:
+        return None
+    contributions = {k: float(v) for k, v in profile.modality_contributions.items()}
+    return ProfileState(profile.vector, contributions)
 
 
 class ChatSession:
@@ -60,7 +80,11 @@ class ChatSession:
         self._seq = 0
         self._log: deque[tuple[int, str]] = deque(maxlen=replay_frames)
         self._outbox: Outbox | None = None
-        self._turns: asyncio.Queue[PendingTurn] = asyncio.Queue(maxsize=max_pending_turns)
+        self._turns: asyncio.Queue[PendingTurn | PendingBehaviour] = asyncio.Queue(
+            maxsize=max_pending_turns + 1
+        )
+        self._max_pending_turns = max_pending_turns
+        self._new_events = 0
         self._worker = asyncio.create_task(self._run_turns(), name=f"turns-{self.id}")
         self.detached_since: float | None = time.monotonic()
 
@@ -70,7 +94,7 @@ class ChatSession:
 
     @property
     def has_room(self) -> bool:
-        return not self._turns.full()
+        return self._turns.qsize() < self._max_pending_turns
 
     def emit(self, frame: ServerFrame) -> int:
         """Number the frame, keep it for replay and send it if a client is attached."""
@@ -99,6 +123,16 @@ class ChatSession:
     def enqueue(self, turn: PendingTurn) -> None:
         self._turns.put_nowait(turn)
 
+    def events_stored(self, count: int) -> None:
+        """Fold `count` newly stored events into the profile, after any turn already queued."""
+        if count <= 0:
+            return
+        first = self._new_events == 0
+        self._new_events += count
+        if first:
+            # The queue keeps one slot beyond the turn limit, and only one of these waits.
+            self._turns.put_nowait(PendingBehaviour())
+
     async def close(self) -> None:
         self._worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -109,29 +143,67 @@ class ChatSession:
 
     async def _run_turns(self) -> None:
         while True:
-            turn = await self._turns.get()
+            job = await self._turns.get()
+            if isinstance(job, PendingBehaviour):
+                count, self._new_events = self._new_events, 0
+                try:
+                    await self._absorb_behaviour(count)
+                except (StoreUnavailable, Overloaded) as exc:
+                    # The events are stored; the profile catches up with the next update.
+                    log.warning("behaviour update skipped: %s", type(exc).__name__)
+                except Exception:
+                    log.exception("behaviour update failed", extra={"session_id": self.id})
+                continue
             try:
-                await self._answer(turn)
+                await self._answer(job)
             except StoreUnavailable:
                 self.emit(
-                    ErrorFrame(ErrorCode.UNAVAILABLE, "storage is unavailable", turn.client_id)
+                    ErrorFrame(ErrorCode.UNAVAILABLE, "storage is unavailable", job.client_id)
                 )
             except Overloaded:
-                self.emit(ErrorFrame(ErrorCode.OVERLOADED, "models are overloaded", turn.client_id))
+                self.emit(ErrorFrame(ErrorCode.OVERLOADED, "models are overloaded", job.client_id))
             except Exception:
                 log.exception("turn failed", extra={"session_id": self.id})
-                self.emit(ErrorFrame(ErrorCode.INTERNAL, "the turn failed", turn.client_id))
+                self.emit(ErrorFrame(ErrorCode.INTERNAL, "the turn failed", job.client_id))
+
+    async def _observe(self, text: str | None) -> tuple[FuseResult, datetime]:
+        service = self._service
+        now = datetime.now(UTC)
+        events = await service.store.list_events(
+            self.user.id, limit=service.models.config.max_events
+        )
+        return await service.models.observe(Observation(now=now, text=text, events=events)), now
+
+    async def _next_profile(
+        self, fused: FuseResult, now: datetime, reason: str, *, turns: int = 0, events: int = 0
+    ) -> ProfileUpdate:
+        """Read-modify-write of the profile: call it holding the user's lock."""
+        service = self._service
+        profile = await service.store.get_profile(self.user.id)
+        dt_s = (now - profile.updated_at).total_seconds() if profile else 0.0
+        state = service.models.update_profile(
+            _state(profile, service.models.model_version), fused, dt_s
+        )
+        return ProfileUpdate(
+            vector=state.vector,
+            model_version=service.models.model_version,
+            reason=reason,
+            modality_contributions=state.contributions,
+            turns=turns,
+            events=events,
+        )
+
+    async def _absorb_behaviour(self, count: int) -> None:
+        fused, now = await self._observe(None)
+        async with self._service.user_lock(self.user.id):
+            update = await self._next_profile(fused, now, "behaviour", events=count)
+            await self._service.store.apply_profile(self.user.id, update)
 
     async def _answer(self, turn: PendingTurn) -> None:
         service = self._service
-        observation = await service.models.encode_text(turn.text)
+        fused, now = await self._observe(turn.text)
         async with service.user_lock(self.user.id):
-            profile = await service.store.get_profile(self.user.id)
-            now = datetime.now(UTC)
-            dt_s = (now - profile.updated_at).total_seconds() if profile else 0.0
-            vector = service.models.update_profile(
-                profile.vector if profile else None, observation, dt_s
-            )
+            update = await self._next_profile(fused, now, "turn", turns=1)
             text = compose_acknowledgement()
             for chunk in stream_chunks(text):
                 self.emit(ReplyDelta(turn_id=turn.turn_id, text=chunk))
@@ -140,12 +212,6 @@ class ChatSession:
                 labels=TurnLabels(),
                 reply_text=text,
                 latency_ms=(time.perf_counter() - turn.received) * 1000.0,
-                profile=ProfileUpdate(
-                    vector=vector,
-                    model_version=service.models.model_version,
-                    reason="turn",
-                    modality_contributions={"text": 1.0},
-                    turns=1,
-                ),
+                profile=update,
             )
         self.emit(Reply(turn_id=turn.turn_id, text=text, handoff=False))

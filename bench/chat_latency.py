@@ -7,19 +7,25 @@ What it measures, in one process and with the models loaded once:
   After `hello` and a few warm-up turns that are not counted, the client sends `--turns`
   messages one at a time, cycling a fixed list of varied customer-service sentences. A turn's
   latency is the client-side time (`time.perf_counter`) from sending the `message` frame to
-  receiving its `reply` frame: parsing, redaction, the durable user turn and its ack, the text
-  encoder in its micro-batcher, the profile read-modify-write, the reply deltas and the
-  transaction that stores them, plus the WebSocket hops on localhost.
+  receiving its `reply` frame: everything the server does for a turn (parsing, redaction, the
+  durable user turn and its ack, the user's recent events, the text encoder and the fusion
+  model in their micro-batchers, the profile read-modify-write, the reply deltas and the
+  transaction that stores them) plus the WebSocket hops on localhost.
 - **bare encoder**: `text_encoder.encode([text])` on the same loaded model for the same
   messages, one sentence per call, timed around the call alone in one worker thread (as the
   micro-batcher runs it) with torch's default thread count.
 
 It prints p50 and p99 turn latency, the encoder's p50 and `ratio = turn p50 / encoder p50`
-(the cost of everything around the model; the target is 2.0 or less), with the machine.
+(the cost of everything around the model; the target is 2.0 or less), with the machine and
+its load average: on a small shared machine other processes move both figures, so compare
+runs made at a similar load.
 
     .venv/bin/python bench/chat_latency.py                       # 200 turns, device auto
     .venv/bin/python bench/chat_latency.py --turns 500 --device cpu --json var/latency.json
-    .venv/bin/python bench/chat_latency.py --db-url postgresql+asyncpg://postgres@127.0.0.1/test
+    .venv/bin/python bench/chat_latency.py --db-url postgresql+asyncpg://postgres@127.0.0.1/bench
+
+`--db-url` is migrated to the latest schema and gets a new user and conversation per run:
+point it at a database made for the bench.
 
 Exit status 0 when the run completed (whatever the ratio), 1 when something failed (an
 error frame, a timeout, a closed connection, a server that did not start), 2 on bad flags.

@@ -1,23 +1,32 @@
-"""The neural side: encoders, profile updates, micro-batching and device handling."""
+"""The neural side: encoders, fusion, profile updates, micro-batching and device handling."""
 
 from fusion.batcher import BatcherConfig, BatcherStats, MicroBatcher, Overloaded
+from fusion.behaviour import EVENT_CATALOGUE, EventLike
 from fusion.device import select_device
-from fusion.profile_update import MODEL_VERSION, ProfileUpdateConfig, update_profile
-from fusion.runtime import FusionConfig, FusionRuntime
+from fusion.inference import FuseRequest, FuseResult, FusionInference
+from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_profile, update_state
+from fusion.runtime import FusionConfig, FusionRuntime, Observation
 from fusion.text_encoder import EMBEDDING_DIM, TextEncoder, TextEncoderConfig
 
 __all__ = [
     "EMBEDDING_DIM",
-    "MODEL_VERSION",
+    "EVENT_CATALOGUE",
     "BatcherConfig",
     "BatcherStats",
+    "EventLike",
+    "FuseRequest",
+    "FuseResult",
     "FusionConfig",
+    "FusionInference",
     "FusionRuntime",
     "MicroBatcher",
+    "Observation",
     "Overloaded",
+    "ProfileState",
     "ProfileUpdateConfig",
     "TextEncoder",
     "TextEncoderConfig",
     "select_device",
     "update_profile",
+    "update_state",
 ]

@@ -1,22 +1,28 @@
 """What the server holds of the neural side: loaded models behind micro-batchers.
 
-The assistant hands in plain strings and arrays and gets numpy arrays back; torch never
-leaves this package.
+The assistant hands in plain strings, arrays and event records and gets numpy arrays back;
+torch never leaves this package. Every model call goes through a MicroBatcher, so requests
+from all sessions share forwards and nothing runs on the event loop thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from fusion.batcher import BatcherConfig, MicroBatcher
+from fusion.behaviour import EventLike
 from fusion.device import select_device
-from fusion.profile_update import MODEL_VERSION, ProfileUpdateConfig, update_profile
+from fusion.inference import WEIGHTS_PATH, FuseRequest, FuseResult, FusionInference
+from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_state
 from fusion.text_encoder import TextEncoder, TextEncoderConfig
 
 Vector = npt.NDArray[np.float32]
@@ -28,20 +34,42 @@ class FusionConfig:
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     profile: ProfileUpdateConfig = field(default_factory=ProfileUpdateConfig)
+    fusion_weights: Path = WEIGHTS_PATH
+    # Behaviour the fusion sees with a turn: the user's latest events.
+    max_events: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One thing that happened to a user, for the fusion model: any modality may be absent."""
+
+    now: datetime
+    text: str | None = None
+    events: Sequence[EventLike] = ()
+
+
+def _weights_version(path: Path) -> str:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"fusion-{digest}"
 
 
 class FusionRuntime:
     """Loads the models once; `start`/`stop` own the batchers' tasks and threads."""
-
-    model_version = MODEL_VERSION
 
     def __init__(self, config: FusionConfig | None = None) -> None:
         self.config = config or FusionConfig()
         self.device = select_device(self.config.device)
         started = time.perf_counter()
         self.text_encoder = TextEncoder(self.device, self.config.text)
+        self.fusion = FusionInference.load(self.config.fusion_weights, self.device)
+        self.model_version = _weights_version(self.config.fusion_weights)
         self.load_seconds = time.perf_counter() - started
         self._text: MicroBatcher[str, Vector] | None = None
+        self._fuse: MicroBatcher[FuseRequest, FuseResult] | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.fusion.dim
 
     def _encode_batch(self, texts: Sequence[str]) -> list[Vector]:
         return list(self.text_encoder.encode(texts))
@@ -50,11 +78,15 @@ class FusionRuntime:
         if self._text is None:
             self._text = MicroBatcher(self._encode_batch, self.config.batcher, name="text")
             self._text.start()
+        if self._fuse is None:
+            self._fuse = MicroBatcher(self.fusion.fuse_many, self.config.batcher, name="fusion")
+            self._fuse.start()
 
     async def stop(self) -> None:
-        batcher, self._text = self._text, None
-        if batcher is not None:
-            await batcher.stop()
+        text, fuse, self._text, self._fuse = self._text, self._fuse, None, None
+        for batcher in (text, fuse):
+            if batcher is not None:
+                await batcher.stop()
 
     @property
     def text_batcher(self) -> MicroBatcher[str, Vector]:
@@ -62,12 +94,27 @@ class FusionRuntime:
             raise RuntimeError("FusionRuntime.start() has not been called")
         return self._text
 
+    @property
+    def fusion_batcher(self) -> MicroBatcher[FuseRequest, FuseResult]:
+        if self._fuse is None:
+            raise RuntimeError("FusionRuntime.start() has not been called")
+        return self._fuse
+
     async def encode_text(self, text: str) -> Vector:
         """One sentence embedding (384,), computed in a shared micro-batch off the event loop."""
         return await self.text_batcher.submit(text)
 
-    def update_profile(self, previous: Vector | None, observation: Vector, dt_s: float) -> Vector:
-        return update_profile(previous, observation, dt_s, self.config.profile)
+    async def observe(self, observation: Observation) -> FuseResult:
+        """The fused vector of one observation and each modality's share in it."""
+        text = await self.encode_text(observation.text) if observation.text else None
+        return await self.fusion_batcher.submit(
+            FuseRequest(text, None, observation.events, observation.now)
+        )
+
+    def update_profile(
+        self, previous: ProfileState | None, result: FuseResult, dt_s: float
+    ) -> ProfileState:
+        return update_state(previous, result.z, result.contributions, dt_s, self.config.profile)
 
     def describe(self) -> dict[str, str]:
         return {

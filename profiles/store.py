@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -359,6 +359,36 @@ class Store:
         async with self._tx() as session:
             row = await session.get(Profile, user_id)
             return None if row is None else _profile(row)
+
+    async def apply_profile(self, user_id: str, update: ProfileUpdate) -> None:
+        """A profile change outside a turn (behaviour events, re-fusion), with its snapshot."""
+        try:
+            async with self._tx() as session:
+                await self._apply_profile(session, user_id, update, None)
+        except IntegrityError:
+            raise NotFound(f"user {user_id}") from None
+
+    async def count_users(self) -> int:
+        async with self._tx() as session:
+            return int(await session.scalar(select(func.count()).select_from(User)) or 0)
+
+    async def list_user_ids(self, *, after: str | None = None, limit: int = 1000) -> list[str]:
+        """User ids in id order, a page at a time (`after` is the last id of the page before)."""
+        async with self._tx() as session:
+            query = select(User.id).order_by(User.id).limit(limit)
+            if after is not None:
+                query = query.where(User.id > after)
+            return list(await session.scalars(query))
+
+    async def list_user_turns(self, user_id: str) -> list[TurnRecord]:
+        """Everything a user said, across conversations, oldest first."""
+        async with self._tx() as session:
+            rows = await session.scalars(
+                select(Turn)
+                .where(Turn.user_id == user_id, Turn.role == "user")
+                .order_by(Turn.created_at, Turn.id)
+            )
+            return [_turn(r) for r in rows]
 
     async def list_snapshots(self, user_id: str) -> list[SnapshotRecord]:
         async with self._tx() as session:

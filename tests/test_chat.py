@@ -63,7 +63,7 @@ async def test_three_turns_update_profile_and_snapshots(
         vectors.append(profile.vector.copy())
 
     assert len(vectors) == 3
-    assert vectors[0].shape == (384,) and np.isfinite(vectors[0]).all()
+    assert vectors[0].shape == (server.runtime.models.dim,) and np.isfinite(vectors[0]).all()
     for before, after in itertools.pairwise(vectors):
         assert not np.allclose(before, after), "the profile vector must move every turn"
     snapshots = await store.list_snapshots(user_id)
@@ -71,6 +71,30 @@ async def test_three_turns_update_profile_and_snapshots(
     turns = await store.list_turns(welcome["session_id"])
     assert [t.role for t in turns] == ["user", "assistant"] * 3
     assert turns[0].text == MESSAGES[0]
+
+
+async def test_behaviour_and_text_both_move_the_profile(
+    server: RunningServer, open_client: ClientFactory
+) -> None:
+    client = await open_client()
+    welcome = await client.hello(user={"external_id": "fusion-user"})
+    items = [
+        {"id": "b1", "name": "payment_failed", "at": _now(), "props": {"amount": 49.9}},
+        {"id": "b2", "name": "page_view", "at": _now(), "props": {"path": "/help/payments"}},
+    ]
+    await client.send({"type": "events", "id": "batch", "items": items})
+    assert (await client.recv())["stored"] == 2
+    await _turn(client, "m1", "Why did my payment fail?")
+    store = server.runtime.store
+    snapshots = await store.list_snapshots(welcome["user_id"])
+    assert [s.reason for s in snapshots] == ["behaviour", "turn"]
+    profile = await store.get_profile(welcome["user_id"])
+    assert profile is not None
+    assert (profile.turn_count, profile.event_count) == (1, 2)
+    assert profile.model_version == server.runtime.models.model_version
+    shares = profile.modality_contributions
+    assert shares["text"] > 0 and shares["behaviour"] > 0 and shares.get("speech", 0.0) == 0.0
+    assert abs(sum(shares.values()) - 1.0) < 1e-5
 
 
 async def test_drop_mid_reply_then_resume_replays_missed_frames_once(
