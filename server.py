@@ -3,6 +3,7 @@
 assistant serve [--host H] [--port P]     (also: python server.py --host H --port P)
 assistant migrate
 assistant refuse                          (after a fusion model upgrade)
+assistant train fusion|speech [ARGS]
 assistant token EXTERNAL_ID [--tenant T] [--ttl S]
 """
 
@@ -26,6 +27,7 @@ from websockets.http11 import Request, Response
 
 from assistant import (
     MAX_FRAME_BYTES,
+    TRAINERS,
     Models,
     Runtime,
     Settings,
@@ -33,6 +35,7 @@ from assistant import (
     issue_token,
     migrate_database,
     refuse_database,
+    train,
 )
 
 log = logging.getLogger("server")
@@ -151,6 +154,13 @@ def _parser() -> argparse.ArgumentParser:
         "refuse",
         help="rebuild every stored profile with the shipped fusion model",
     )
+    train_p = sub.add_parser(
+        "train", help="train models; `assistant train KIND --help` lists a trainer's options"
+    )
+    train_p.add_argument(
+        "kind", choices=sorted(TRAINERS), help="; ".join(f"{k}: {v}" for k, v in TRAINERS.items())
+    )
+    train_p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the trainer")
     token_p = sub.add_parser("token", help="print a signed widget token (needs the widget secret)")
     token_p.add_argument("external_id")
     token_p.add_argument("--tenant", default="default")
@@ -190,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{report.observations} observations with {report.model_version}"
         )
         return 0
+    if command == "train":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return train(args.kind, args.args)
     if command == "token":
         if settings.widget_secret is None:
             print("assistant: set ASSISTANT_WIDGET_SECRET first", file=sys.stderr)

@@ -8,9 +8,11 @@ from assistant.redaction import redact
 from assistant.refusion import RefuseReport
 from assistant.runtime import Models, Runtime, load_models, migrate_database, refuse_database
 from assistant.tokens import issue_token, verify_token
+from assistant.training import TRAINERS, train
 
 __all__ = [
     "MAX_FRAME_BYTES",
+    "TRAINERS",
     "ChatConfig",
     "ChatConnection",
     "ChatService",
@@ -27,5 +29,6 @@ __all__ = [
     "parse_client_frame",
     "redact",
     "refuse_database",
+    "train",
     "verify_token",
 ]

@@ -89,3 +89,28 @@ def test_python_server_py_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.wait()
     assert proc.stderr is not None
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_train_lists_trainers_and_passes_their_options(tmp_path: Path) -> None:
+    listed = subprocess.run(
+        [str(ASSISTANT), "train", "--help"], env=_env(tmp_path), capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and "fusion" in listed.stdout and "speech" in listed.stdout
+    fusion = subprocess.run(
+        [str(ASSISTANT), "train", "fusion", "--help"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert fusion.returncode == 0 and "--folds" in fusion.stdout
+
+
+def test_refuse_on_a_fresh_database(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    subprocess.run([str(ASSISTANT), "migrate"], env=env, check=True, capture_output=True)
+    done = subprocess.run(
+        [str(ASSISTANT), "refuse"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("re-fused 0 profiles of 0 users")
