@@ -5,6 +5,11 @@ assistant migrate
 assistant refuse                          (after a fusion model upgrade)
 assistant train fusion|speech [ARGS]
 assistant token EXTERNAL_ID [--tenant T] [--ttl S]
+assistant operators create NAME --role viewer|agent|admin   (prints the key once)
+assistant operators list
+assistant operators revoke NAME
+
+Pages: /console (operator console) and /widget (chat widget demo), with /static/* files.
 """
 
 from __future__ import annotations
@@ -22,25 +27,34 @@ from dataclasses import replace
 from http import HTTPStatus
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from assistant import (
+    CSP,
     MAX_FRAME_BYTES,
+    ROLES,
     TRAINERS,
+    ChatConnection,
     Models,
+    OperatorConnection,
     Runtime,
     Settings,
     SettingsError,
+    create_operator,
     issue_token,
+    list_operators,
     migrate_database,
     refuse_database,
+    revoke_operator,
+    static_asset,
     train,
 )
 
 log = logging.getLogger("server")
 
-ROUTES = frozenset({"/chat"})
+ROUTES = frozenset({"/chat", "/operator"})
 
 
 class WebSocketTransport:
@@ -71,11 +85,19 @@ class App:
                 return connection.respond(HTTPStatus.OK, "ready\n")
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "database unreachable\n")
         if path not in ROUTES:
+            asset = static_asset(path)
+            if asset is not None and request.headers.get("Upgrade") is None:
+                return _page(asset.content_type, asset.body)
             return connection.respond(HTTPStatus.NOT_FOUND, f"no route {path}\n")
         return None
 
     async def handle(self, connection: ServerConnection) -> None:
-        chat = self.runtime.chat.connection(WebSocketTransport(connection))
+        transport = WebSocketTransport(connection)
+        path = connection.request.path.partition("?")[0] if connection.request else "/chat"
+        if path == "/operator":
+            chat: ChatConnection | OperatorConnection = self.runtime.operators.connection(transport)
+        else:
+            chat = self.runtime.chat.connection(transport)
         try:
             async for message in connection:
                 if isinstance(message, str):
@@ -86,6 +108,20 @@ class App:
             pass
         finally:
             await chat.closed()
+
+
+def _page(content_type: str, body: bytes) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Content-Security-Policy", CSP),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
 
 
 class RunningServer:
@@ -166,7 +202,38 @@ def _parser() -> argparse.ArgumentParser:
     token_p.add_argument("--tenant", default="default")
     token_p.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     token_p.add_argument("--name")
+    ops_p = sub.add_parser("operators", help="create, list and revoke operator keys")
+    ops_sub = ops_p.add_subparsers(dest="operators_command", required=True)
+    create_p = ops_sub.add_parser("create", help="add an operator and print its key once")
+    create_p.add_argument("name")
+    create_p.add_argument("--role", required=True, choices=ROLES)
+    ops_sub.add_parser("list", help="list operators (never their keys)")
+    revoke_p = ops_sub.add_parser("revoke", help="revoke an operator's key")
+    revoke_p.add_argument("name")
     return parser
+
+
+def _operators(settings: Settings, args: argparse.Namespace) -> int:
+    if args.operators_command == "create":
+        try:
+            operator, key = asyncio.run(create_operator(settings, args.name, args.role))
+        except ValueError as exc:
+            print(f"assistant: {exc}", file=sys.stderr)
+            return 1
+        print(f"created operator {operator.name} ({operator.role}); its key, shown only once:")
+        print(key)
+        return 0
+    if args.operators_command == "list":
+        for op in asyncio.run(list_operators(settings)):
+            revoked = f"revoked {op.revoked_at:%Y-%m-%d %H:%M}" if op.revoked_at else "active"
+            print(f"{op.name}\t{op.role}\tcreated {op.created_at:%Y-%m-%d %H:%M}\t{revoked}")
+        return 0
+    revoked_op = asyncio.run(revoke_operator(settings, args.name))
+    if revoked_op is None:
+        print(f"assistant: no operator named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"revoked operator {revoked_op.name}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "train":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         return train(args.kind, args.args)
+    if command == "operators":
+        return _operators(settings, args)
     if command == "token":
         if settings.widget_secret is None:
             print("assistant: set ASSISTANT_WIDGET_SECRET first", file=sys.stderr)

@@ -31,10 +31,10 @@ from assistant.protocol import (
     serialize,
 )
 from assistant.redaction import redact
-from assistant.session import ChatSession, PendingTurn
+from assistant.session import ChatSession, PendingTurn, SessionObserver
 from assistant.tokens import Claims, verify_token
 from fusion import FusionRuntime
-from profiles import NewEvent, Store, StoreUnavailable, UserRecord
+from profiles import NewEvent, NotFound, Store, StoreUnavailable, UserRecord
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class ChatService:
         self.models = models
         self.config = config
         self.sessions: dict[str, ChatSession] = {}
+        self.observer: SessionObserver | None = None
         self._user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -150,6 +151,9 @@ class ChatConnection:
         except StoreUnavailable:
             ref = getattr(frame, "id", None)
             self.session.emit(ErrorFrame(ErrorCode.UNAVAILABLE, "storage is unavailable", ref))
+        except NotFound:
+            # The session's user was erased while this connection was closing.
+            log.info("frame for an erased session dropped", extra={"session_id": self.session.id})
 
     async def closed(self) -> None:
         if self.session is not None:
@@ -198,7 +202,9 @@ class ChatConnection:
         )
         session.emit(Ack(id=frame.id))
         if created:
-            session.enqueue(PendingTurn(turn.id, frame.id, frame.text, received))
+            session.user_turn(turn)
+            if session.held_by is None:
+                session.enqueue(PendingTurn(turn.id, frame.id, frame.text, received))
 
     async def _events(self, session: ChatSession, frame: Event | Events) -> None:
         items: tuple[EventItem, ...] = frame.items if isinstance(frame, Events) else (frame,)
@@ -208,6 +214,7 @@ class ChatConnection:
         ]
         stored = await self._service.store.add_events(session.user.id, session.id, events)
         session.emit(Ack(id=frame.id, stored=stored, duplicates=len(events) - stored))
+        session.remember_events(events)
         session.events_stored(stored)
 
     # hello

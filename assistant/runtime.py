@@ -7,9 +7,10 @@ import logging
 
 from assistant.chat import ChatConfig, ChatService
 from assistant.config import Settings
+from assistant.operators import OperatorService
 from assistant.refusion import RefuseReport, refuse_all
 from fusion import BatcherConfig, FusionConfig, FusionRuntime
-from profiles import EngineOptions, Store, migrate
+from profiles import EngineOptions, OperatorStore, Store, migrate
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Runtime:
                 replay_frames=settings.replay_frames,
             ),
         )
+        self.operators = OperatorService(OperatorStore(self.store), self.chat)
 
     async def start(self, *, migrate_db: bool = False) -> None:
         if migrate_db:

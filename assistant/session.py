@@ -12,9 +12,10 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from assistant.outbox import CLOSE_NORMAL, Outbox
 from assistant.protocol import (
@@ -29,10 +30,13 @@ from assistant.replies import compose_acknowledgement, stream_chunks
 from fusion import FuseResult, Observation, Overloaded, ProfileState
 from profiles import (
     ConversationRecord,
+    EventRecord,
+    NewEvent,
     ProfileRecord,
     ProfileUpdate,
     StoreUnavailable,
     TurnLabels,
+    TurnRecord,
     UserRecord,
 )
 
@@ -53,6 +57,34 @@ class PendingTurn:
 @dataclass(frozen=True, slots=True)
 class PendingBehaviour:
     """New behaviour events to fold into the profile; many event frames share one job."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTurn:
+    """A turn as operators watching the session see it, when it happens."""
+
+    role: str  # user | assistant | operator
+    text: str
+    turn_id: str | None  # the user turn's id; for an assistant reply, the turn it answers
+    at: datetime
+    intent: str | None = None
+    emotion: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorHold:
+    """The operator who has taken the session over: the bot does not answer meanwhile."""
+
+    operator_id: str
+    name: str
+
+
+class SessionObserver(Protocol):
+    """Told about every live turn and the end of every session (the operator service)."""
+
+    def on_turn(self, session: ChatSession, turn: LiveTurn) -> None: ...
+
+    def on_closed(self, session: ChatSession) -> None: ...
 
 
 def _state(profile: ProfileRecord | None, model_version: str) -> ProfileState | None:
@@ -85,8 +117,15 @@ class ChatSession:
         )
         self._max_pending_turns = max_pending_turns
         self._new_events = 0
+        self._events: dict[str, EventRecord | NewEvent] | None = None
         self._worker = asyncio.create_task(self._run_turns(), name=f"turns-{self.id}")
         self.detached_since: float | None = time.monotonic()
+        # For operators: who holds the session, whether it asked for one, its latest labels.
+        self.held_by: OperatorHold | None = None
+        self.waiting_for_operator = False
+        self.intent: str | None = None
+        self.emotion: str | None = None
+        self.last_activity = datetime.now(UTC)
 
     @property
     def last_seq(self) -> int:
@@ -103,7 +142,37 @@ class ChatSession:
         self._log.append((self._seq, text))
         if self._outbox is not None:
             self._outbox.put(text)
+        if isinstance(frame, Reply):
+            self._replied(frame)
         return self._seq
+
+    def _replied(self, reply: Reply) -> None:
+        if reply.handoff:
+            self.waiting_for_operator = True
+        if reply.intent is not None:
+            self.intent = reply.intent.label
+        if reply.emotion is not None:
+            self.emotion = reply.emotion.label
+        self._notify(
+            LiveTurn(
+                "assistant",
+                reply.text,
+                reply.turn_id,
+                datetime.now(UTC),
+                self.intent if reply.intent else None,
+                self.emotion if reply.emotion else None,
+            )
+        )
+
+    def user_turn(self, turn: TurnRecord) -> None:
+        """A user turn was stored: tell the operators watching."""
+        self._notify(LiveTurn("user", turn.text, turn.id, turn.created_at))
+
+    def _notify(self, turn: LiveTurn) -> None:
+        self.last_activity = turn.at
+        observer = self._service.observer
+        if observer is not None:
+            observer.on_turn(self, turn)
 
     def attach(self, outbox: Outbox, last_seq: int) -> None:
         """Make `outbox` the session's connection and send it every frame after `last_seq`."""
@@ -134,6 +203,9 @@ class ChatSession:
             self._turns.put_nowait(PendingBehaviour())
 
     async def close(self) -> None:
+        observer = self._service.observer
+        if observer is not None:
+            observer.on_closed(self)
         self._worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
@@ -144,6 +216,8 @@ class ChatSession:
     async def _run_turns(self) -> None:
         while True:
             job = await self._turns.get()
+            if self.held_by is not None and isinstance(job, PendingTurn):
+                continue  # an operator answers this one
             if isinstance(job, PendingBehaviour):
                 count, self._new_events = self._new_events, 0
                 try:
@@ -166,52 +240,70 @@ class ChatSession:
                 log.exception("turn failed", extra={"session_id": self.id})
                 self.emit(ErrorFrame(ErrorCode.INTERNAL, "the turn failed", job.client_id))
 
-    async def _observe(self, text: str | None) -> tuple[FuseResult, datetime]:
-        service = self._service
-        now = datetime.now(UTC)
-        events = await service.store.list_events(
-            self.user.id, limit=service.models.config.max_events
-        )
-        return await service.models.observe(Observation(now=now, text=text, events=events)), now
+    async def _recent_events(self) -> list[EventRecord | NewEvent]:
+        """The user's latest events: read once per session, then kept up to date in memory."""
+        limit = self._service.models.config.max_events
+        if self._events is None:
+            stored = await self._service.store.list_events(self.user.id, limit=limit)
+            self._events = {e.client_id: e for e in reversed(stored)}
+        return list(self._events.values())[-limit:]
 
-    async def _next_profile(
+    def remember_events(self, events: Sequence[NewEvent]) -> None:
+        """Events this session just stored; a client id seen before is the same event."""
+        if self._events is None:
+            return
+        for event in events:
+            self._events.setdefault(event.client_id, event)
+        limit = self._service.models.config.max_events
+        if len(self._events) > limit:
+            newest = sorted(self._events.values(), key=lambda e: e.occurred_at)[-limit:]
+            self._events = {e.client_id: e for e in newest}
+
+    async def _observe(self, text: str | None) -> tuple[FuseResult, datetime]:
+        now = datetime.now(UTC)
+        events = await self._recent_events()
+        observation = Observation(now=now, text=text, events=events)
+        return await self._service.models.observe(observation), now
+
+    def _profile_change(
         self, fused: FuseResult, now: datetime, reason: str, *, turns: int = 0, events: int = 0
-    ) -> ProfileUpdate:
-        """Read-modify-write of the profile: call it holding the user's lock."""
-        service = self._service
-        profile = await service.store.get_profile(self.user.id)
-        dt_s = (now - profile.updated_at).total_seconds() if profile else 0.0
-        state = service.models.update_profile(
-            _state(profile, service.models.model_version), fused, dt_s
-        )
-        return ProfileUpdate(
-            vector=state.vector,
-            model_version=service.models.model_version,
-            reason=reason,
-            modality_contributions=state.contributions,
-            turns=turns,
-            events=events,
-        )
+    ) -> Callable[[ProfileRecord | None], ProfileUpdate]:
+        """The profile update as a function of the stored profile, run in its write transaction."""
+        models = self._service.models
+
+        def change(profile: ProfileRecord | None) -> ProfileUpdate:
+            dt_s = (now - profile.updated_at).total_seconds() if profile else 0.0
+            state = models.update_profile(_state(profile, models.model_version), fused, dt_s)
+            return ProfileUpdate(
+                vector=state.vector,
+                model_version=models.model_version,
+                reason=reason,
+                modality_contributions=state.contributions,
+                turns=turns,
+                events=events,
+            )
+
+        return change
 
     async def _absorb_behaviour(self, count: int) -> None:
         fused, now = await self._observe(None)
+        change = self._profile_change(fused, now, "behaviour", events=count)
         async with self._service.user_lock(self.user.id):
-            update = await self._next_profile(fused, now, "behaviour", events=count)
-            await self._service.store.apply_profile(self.user.id, update)
+            await self._service.store.apply_profile(self.user.id, change)
 
     async def _answer(self, turn: PendingTurn) -> None:
         service = self._service
         fused, now = await self._observe(turn.text)
+        text = compose_acknowledgement()
+        for chunk in stream_chunks(text):
+            self.emit(ReplyDelta(turn_id=turn.turn_id, text=chunk))
+        # Turns of one user in several sessions of this process take turns on the profile row.
         async with service.user_lock(self.user.id):
-            update = await self._next_profile(fused, now, "turn", turns=1)
-            text = compose_acknowledgement()
-            for chunk in stream_chunks(text):
-                self.emit(ReplyDelta(turn_id=turn.turn_id, text=chunk))
             await service.store.finish_turn(
                 turn.turn_id,
                 labels=TurnLabels(),
                 reply_text=text,
                 latency_ms=(time.perf_counter() - turn.received) * 1000.0,
-                profile=update,
+                profile=self._profile_change(fused, now, "turn", turns=1),
             )
         self.emit(Reply(turn_id=turn.turn_id, text=text, handoff=False))

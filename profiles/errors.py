@@ -13,3 +13,7 @@ class StoreUnavailable(StoreError):
 
 class NotFound(StoreError):
     """The row the caller named does not exist."""
+
+
+class Conflict(StoreError):
+    """The write would break a uniqueness rule (for example, an operator name already taken)."""

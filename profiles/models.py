@@ -71,16 +71,35 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("tenant", "external_id", name="uq_users_tenant_external"),)
+    __table_args__ = (
+        UniqueConstraint("tenant", "external_id", name="uq_users_tenant_external"),
+        # Operator search: prefix scans on the folded name and the external id (PostgreSQL
+        # needs text_pattern_ops for LIKE 'p%' under any collation), newest-seen first.
+        Index("ix_users_name_key", "name_key", postgresql_ops={"name_key": "text_pattern_ops"}),
+        Index(
+            "ix_users_external_id",
+            "external_id",
+            postgresql_ops={"external_id": "text_pattern_ops"},
+        ),
+        Index("ix_users_last_seen", "last_seen_at", "id"),
+        Index("ix_users_emotion_seen", "current_emotion", "last_seen_at", "id"),
+        Index("ix_users_intent_seen", "recent_intent", "last_seen_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant: Mapped[str] = mapped_column(String(64))
     external_id: Mapped[str] = mapped_column(String(128))
     name: Mapped[str | None] = mapped_column(String(200))
+    # casefold(name), kept by the store, for case-insensitive prefix search.
+    name_key: Mapped[str | None] = mapped_column(String(200))
     locale: Mapped[str | None] = mapped_column(String(35))
     consent: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The latest labelled user turn's emotion and intent (the profile's state, kept here so
+    # that search can filter and order newest-seen first from one index).
+    current_emotion: Mapped[str | None] = mapped_column(String(32))
+    recent_intent: Mapped[str | None] = mapped_column(String(64))
 
 
 class Profile(Base):

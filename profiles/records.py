@@ -48,6 +48,7 @@ class SnapshotRecord:
     reason: str
     turn_id: str | None
     created_at: datetime
+    modality_contributions: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, cast
@@ -116,6 +116,28 @@ def _event(row: BehaviourEvent) -> EventRecord:
     )
 
 
+async def _note_labels(session: AsyncSession, user_id: str, labels: TurnLabels) -> None:
+    """Keep the profile's current emotion, recent intent and intent counts for search."""
+    if labels.intent is None and labels.emotion is None:
+        return
+    user = await session.get(User, user_id)
+    if user is not None:
+        if labels.emotion is not None:
+            user.current_emotion = labels.emotion
+        if labels.intent is not None:
+            user.recent_intent = labels.intent
+    row = await session.get(Profile, user_id)
+    if row is not None and labels.intent is not None:
+        histogram = dict(row.intent_histogram or {})
+        histogram[labels.intent] = int(histogram.get(labels.intent, 0)) + 1
+        row.intent_histogram = histogram
+
+
+# A profile change is either the new state, or a function of the stored profile that computes
+# it inside the writing transaction (one round trip instead of a read, then a write).
+ProfileChange = ProfileUpdate | Callable[[ProfileRecord | None], ProfileUpdate]
+
+
 class Store:
     """Async access to users, profiles, conversations, turns and behaviour events."""
 
@@ -173,6 +195,7 @@ class Store:
                             tenant=tenant,
                             external_id=external_id,
                             name=name,
+                            name_key=name.casefold() if name is not None else None,
                             locale=locale,
                             created_at=now,
                             last_seen_at=now,
@@ -182,6 +205,7 @@ class Store:
                         row.last_seen_at = now
                         if name is not None:
                             row.name = name
+                            row.name_key = name.casefold()
                         if locale is not None:
                             row.locale = locale
                     await session.flush()
@@ -267,7 +291,7 @@ class Store:
         labels: TurnLabels,
         reply_text: str,
         latency_ms: float,
-        profile: ProfileUpdate | None,
+        profile: ProfileChange | None,
     ) -> TurnRecord:
         """One transaction: the user turn's labels, the assistant's reply turn and the profile."""
         async with self._tx() as session:
@@ -289,6 +313,8 @@ class Store:
             session.add(reply)
             if profile is not None:
                 await self._apply_profile(session, user_turn.user_id, profile, user_turn.id)
+            await session.flush()
+            await _note_labels(session, user_turn.user_id, labels)
             await session.flush()
             return _turn(reply)
 
@@ -360,7 +386,7 @@ class Store:
             row = await session.get(Profile, user_id)
             return None if row is None else _profile(row)
 
-    async def apply_profile(self, user_id: str, update: ProfileUpdate) -> None:
+    async def apply_profile(self, user_id: str, update: ProfileChange) -> None:
         """A profile change outside a turn (behaviour events, re-fusion), with its snapshot."""
         try:
             async with self._tx() as session:
@@ -406,16 +432,23 @@ class Store:
                     reason=r.reason,
                     turn_id=r.turn_id,
                     created_at=r.created_at,
+                    modality_contributions=dict(r.modality_contributions or {}),
                 )
                 for r in rows
             ]
 
     async def _apply_profile(
-        self, session: AsyncSession, user_id: str, update: ProfileUpdate, turn_id: str | None
+        self, session: AsyncSession, user_id: str, change: ProfileChange, turn_id: str | None
     ) -> None:
         now: datetime = utcnow()
+        # FOR UPDATE (PostgreSQL) makes the read-modify-write safe across replicas.
+        row = await session.get(Profile, user_id, with_for_update=self.backend == "postgresql")
+        update = (
+            change
+            if isinstance(change, ProfileUpdate)
+            else change(None if row is None else _profile(row))
+        )
         blob = _to_bytes(update.vector)
-        row = await session.get(Profile, user_id)
         if row is None:
             row = Profile(
                 user_id=user_id,

@@ -1,0 +1,243 @@
+// The operator console: speaks /operator (docs/operators.md). Plain module, no build step.
+
+const $ = (id) => document.getElementById(id);
+const DASH = "—";
+const show = (value) => (value === null || value === undefined || value === "" ? DASH : String(value));
+const el = (tag, cls, text) => {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+};
+
+let ws = null;
+let counter = 0;
+let me = null;
+let cursor = null;
+let watching = null; // session id
+const waiting = new Map(); // ref -> {resolve}
+
+function notice(text) { $("notice").textContent = text || ""; }
+
+function call(type, fields = {}) {
+  const id = `c${++counter}`;
+  ws.send(JSON.stringify({ type, id, ...fields }));
+  return new Promise((resolve) => waiting.set(id, resolve));
+}
+
+async function ok(type, fields) {
+  const answer = await call(type, fields);
+  if (answer.type === "error") { notice(`${type}: ${answer.message}`); throw new Error(answer.code); }
+  notice("");
+  return answer;
+}
+
+function onFrame(frame) {
+  if ((frame.type === "result" || frame.type === "error") && waiting.has(frame.ref)) {
+    const resolve = waiting.get(frame.ref);
+    waiting.delete(frame.ref);
+    resolve(frame);
+    return;
+  }
+  if (frame.type === "session.turn" && frame.session_id === watching) addTurn($("watch-turns"), frame.turn);
+  if (frame.type === "session.state" && frame.session_id === watching) setHeld(frame.status, frame.operator);
+  if (frame.type === "error") notice(frame.message);
+}
+
+function connect(key) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  ws = new WebSocket(`${scheme}://${location.host}/operator`);
+  ws.addEventListener("message", (msg) => onFrame(JSON.parse(msg.data)));
+  ws.addEventListener("close", () => { $("whoami").textContent = "signed out"; });
+  ws.addEventListener("open", async () => {
+    const answer = await call("auth", { token: key });
+    if (answer.type === "error") { notice(answer.message); sessionStorage.removeItem("operatorKey"); return; }
+    me = answer;
+    sessionStorage.setItem("operatorKey", key);
+    $("whoami").textContent = `${me.operator.name} (${me.operator.role})`;
+    $("whoami").dataset.role = me.operator.role;
+    $("login").classList.add("hidden");
+    $("app").classList.remove("hidden");
+    if (!me.commands.includes("sessions.list")) $("live").classList.add("hidden");
+    else refreshSessions();
+  });
+}
+
+// search
+
+function resultItem(item) {
+  const li = el("li");
+  const button = el("button", "secondary", `${show(item.name)} · ${item.external_id}`);
+  button.dataset.userId = item.id;
+  button.addEventListener("click", () => openProfile(item.id));
+  li.append(button, el("span", "muted", ` ${show(item.emotion)} · ${show(item.intent)} · seen ${item.last_seen_at.slice(0, 16)}`));
+  return li;
+}
+
+async function search(more) {
+  const fields = { limit: 20 };
+  for (const name of ["q", "emotion", "intent"]) if ($(name).value.trim()) fields[name] = $(name).value.trim();
+  if (more && cursor) fields.cursor = cursor;
+  const answer = await ok("profiles.search", fields);
+  if (!more) $("results").replaceChildren();
+  if (!answer.items.length && !more) $("results").append(el("li", "muted", "no match"));
+  for (const item of answer.items) $("results").append(resultItem(item));
+  cursor = answer.cursor;
+  $("more").classList.toggle("hidden", !cursor);
+}
+
+// the profile view
+
+function drawEmotionChart(points) {
+  const svg = $("emotion-chart");
+  svg.replaceChildren();
+  const ns = "http://www.w3.org/2000/svg";
+  const node = (tag, attrs, text) => {
+    const n = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text) n.textContent = text;
+    svg.append(n);
+    return n;
+  };
+  if (!points.length) { node("text", { x: 10, y: 80 }, `${DASH} no emotion labels yet`); return; }
+  const labels = [...new Set(points.map((p) => p.emotion))].sort();
+  const x = (i) => 60 + (points.length === 1 ? 160 : (i * 330) / (points.length - 1));
+  const y = (label) => 20 + (labels.indexOf(label) * 120) / Math.max(1, labels.length - 1);
+  labels.forEach((label) => node("text", { x: 4, y: y(label) + 3 }, label));
+  node("polyline", { class: "line", points: points.map((p, i) => `${x(i)},${y(p.emotion)}`).join(" ") });
+  points.forEach((p, i) => {
+    const c = node("circle", { class: "point", cx: x(i), cy: y(p.emotion), r: 4 });
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `${p.at.slice(0, 19)} ${p.emotion}`;
+    c.append(title);
+  });
+}
+
+function drawContributions(shares) {
+  const box = $("contributions");
+  box.replaceChildren();
+  for (const modality of ["text", "speech", "behaviour"]) {
+    const share = Number(shares[modality] || 0);
+    const row = el("div", "bar-row");
+    const track = el("div", "track");
+    const bar = el("div", "bar");
+    bar.dataset.modality = modality;
+    bar.dataset.share = share.toFixed(4);
+    bar.style.width = `${(share * 100).toFixed(1)}%`;
+    track.append(bar);
+    row.append(el("span", "", modality), track, el("span", "muted", `${Math.round(share * 100)}%`));
+    box.append(row);
+  }
+}
+
+function addTurn(box, turn) {
+  const div = el("div", `turn ${turn.role}`);
+  div.dataset.role = turn.role;
+  const labels = turn.role === "user" ? ` · ${show(turn.intent)} · ${show(turn.emotion)}` : "";
+  div.append(el("div", "who", `${turn.role} ${turn.at ? turn.at.slice(11, 19) : ""}${labels}`), el("div", "", turn.text));
+  box.append(div);
+  box.scrollTop = box.scrollHeight;
+}
+
+async function openProfile(userId) {
+  const { profile } = await ok("profile.get", { user_id: userId });
+  $("profile").classList.remove("hidden");
+  $("profile").dataset.userId = userId;
+  $("profile-title").textContent = show(profile.user.name);
+  $("profile-ids").textContent = `${profile.user.external_id} · ${profile.user.id} · ${profile.user.tenant}`;
+  $("profile-emotion").textContent = show(profile.emotion);
+  $("profile-intent").textContent = show(profile.intent);
+  $("profile-counts").textContent = profile.profile
+    ? `${profile.profile.turn_count} turns · ${profile.profile.event_count} events · ${profile.profile.model_version}`
+    : "no profile yet";
+  drawEmotionChart(profile.emotion_trend);
+  drawContributions(profile.modality_contributions);
+  $("top-intents").replaceChildren(...(profile.top_intents.length
+    ? profile.top_intents.map((i) => el("li", "", `${i.label} × ${i.count}`))
+    : [el("li", "muted", DASH)]));
+  $("events").replaceChildren(...(profile.events.length
+    ? profile.events.map((e) => el("li", "", `${e.at.slice(0, 19)} ${e.name} ${JSON.stringify(e.props)}`))
+    : [el("li", "muted", DASH)]));
+  const convs = $("conversations");
+  convs.replaceChildren();
+  for (const c of profile.conversations) {
+    const box = el("div");
+    box.append(el("div", "muted", `${c.channel} · ${c.status} · ${c.started_at.slice(0, 16)}`));
+    c.turns.forEach((t) => addTurn(box, t));
+    convs.append(box);
+  }
+  $("neighbours").replaceChildren(...(profile.neighbours.length
+    ? profile.neighbours.map((n) => {
+      const li = el("li");
+      const b = el("button", "secondary", `${show(n.name)} · ${n.external_id}`);
+      b.addEventListener("click", () => openProfile(n.user_id));
+      li.append(b, el("span", "muted", ` cos ${n.similarity.toFixed(3)}`));
+      return li;
+    })
+    : [el("li", "muted", DASH)]));
+}
+
+// live sessions
+
+async function refreshSessions() {
+  const { sessions } = await ok("sessions.list");
+  $("sessions").replaceChildren(...(sessions.length ? sessions.map((s) => {
+    const li = el("li");
+    const b = el("button", "secondary", `${show(s.name)} · ${s.external_id}`);
+    b.dataset.sessionId = s.session_id;
+    b.addEventListener("click", () => watch(s.session_id, s));
+    const tags = el("span");
+    if (s.waiting) tags.append(el("span", "tag waiting", "waiting"));
+    tags.append(el("span", "tag", s.status === "operator" ? `with ${s.operator}` : "bot"));
+    tags.append(el("span", "muted", ` ${show(s.emotion)} · ${show(s.intent)}`));
+    li.append(b, tags);
+    return li;
+  }) : [el("li", "muted", "no live conversations")]));
+}
+
+function setHeld(status, operator) {
+  const mine = status === "operator" && me && operator === me.operator.name;
+  $("watch-status").textContent = status === "operator" ? `with ${operator}` : status;
+  $("watch-status").dataset.status = status;
+  $("takeover").disabled = status !== "bot";
+  $("release").disabled = !mine;
+  $("reply-text").disabled = !mine;
+  $("reply-send").disabled = !mine;
+}
+
+async function watch(sessionId, summary) {
+  if (watching && watching !== sessionId) await call("session.unwatch", { session_id: watching });
+  const answer = await ok("session.watch", { session_id: sessionId });
+  watching = sessionId;
+  $("watch").classList.remove("hidden");
+  $("watch").dataset.sessionId = sessionId;
+  $("watch-title").textContent = `${show(summary.name)} · ${summary.external_id}`;
+  $("watch-turns").replaceChildren();
+  answer.turns.forEach((t) => addTurn($("watch-turns"), t));
+  setHeld(answer.status, answer.operator);
+}
+
+$("login").addEventListener("submit", (e) => { e.preventDefault(); connect($("key").value.trim()); });
+$("search").addEventListener("submit", (e) => { e.preventDefault(); search(false); });
+$("more").addEventListener("click", () => search(true));
+$("refresh-sessions").addEventListener("click", () => refreshSessions());
+$("takeover").addEventListener("click", async () => {
+  const answer = await ok("session.takeover", { session_id: watching });
+  setHeld(answer.status, answer.operator);
+  refreshSessions();
+});
+$("release").addEventListener("click", async () => {
+  await ok("session.release", { session_id: watching });
+  setHeld("bot", null);
+  refreshSessions();
+});
+$("reply").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const text = $("reply-text").value.trim();
+  if (!text) return;
+  await ok("session.say", { session_id: watching, text });
+  $("reply-text").value = "";
+});
+setInterval(() => { if (me && me.commands.includes("sessions.list") && ws.readyState === 1) refreshSessions(); }, 5000);
+const saved = sessionStorage.getItem("operatorKey");
+if (saved) connect(saved);
