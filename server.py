@@ -39,6 +39,7 @@ from assistant import (
     ChatConnection,
     Models,
     OperatorConnection,
+    ResponseGenerator,
     Runtime,
     Settings,
     SettingsError,
@@ -141,10 +142,14 @@ class RunningServer:
 
 @asynccontextmanager
 async def running(
-    settings: Settings, *, models: Models | None = None, migrate_db: bool = False
+    settings: Settings,
+    *,
+    models: Models | None = None,
+    generator: ResponseGenerator | None = None,
+    migrate_db: bool = False,
 ) -> AsyncIterator[RunningServer]:
     """Start the whole server (store, models, routes); stop everything on exit."""
-    runtime = Runtime(settings, models)
+    runtime = Runtime(settings, models, generator)
     await runtime.start(migrate_db=migrate_db)
     app = App(runtime)
     origins = [None, *settings.allowed_origins] if settings.allowed_origins else None

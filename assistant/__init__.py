@@ -2,6 +2,7 @@
 
 from assistant.chat import ChatConfig, ChatConnection, ChatService
 from assistant.config import Settings, SettingsError
+from assistant.generation import ResponseGenerator
 from assistant.operator_admin import create_operator, list_operators, revoke_operator
 from assistant.operator_roles import ROLES
 from assistant.operators import OperatorConnection, OperatorService
@@ -28,6 +29,7 @@ __all__ = [
     "OperatorConnection",
     "OperatorService",
     "RefuseReport",
+    "ResponseGenerator",
     "Runtime",
     "Settings",
     "SettingsError",

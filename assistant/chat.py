@@ -10,6 +10,7 @@ import uuid
 import weakref
 from dataclasses import dataclass
 
+from assistant.generation import ResponseGenerator
 from assistant.outbox import CLOSE_POLICY, Outbox, Transport
 from assistant.protocol import (
     Ack,
@@ -60,16 +61,37 @@ class _Identity:
 class ChatService:
     """Owns every live chat session and the task that expires abandoned ones."""
 
-    def __init__(self, store: Store, models: FusionRuntime, config: ChatConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        models: FusionRuntime,
+        config: ChatConfig,
+        generator: ResponseGenerator | None = None,
+    ) -> None:
         self.store = store
         self.models = models
         self.config = config
+        self._generator = generator
         self.sessions: dict[str, ChatSession] = {}
         self.observer: SessionObserver | None = None
         self._user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
         self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def has_generator(self) -> bool:
+        return self._generator is not None
+
+    @property
+    def generator(self) -> ResponseGenerator:
+        if self._generator is None:
+            raise RuntimeError("ChatService has no response generator yet")
+        return self._generator
+
+    @generator.setter
+    def generator(self, generator: ResponseGenerator) -> None:
+        self._generator = generator
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap(), name="session-reaper")
@@ -204,7 +226,7 @@ class ChatConnection:
         if created:
             session.user_turn(turn)
             if session.held_by is None:
-                session.enqueue(PendingTurn(turn.id, frame.id, frame.text, received))
+                session.enqueue(PendingTurn(turn.id, frame.id, frame.text, received, turn))
 
     async def _events(self, session: ChatSession, frame: Event | Events) -> None:
         items: tuple[EventItem, ...] = frame.items if isinstance(frame, Events) else (frame,)

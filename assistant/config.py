@@ -5,17 +5,25 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from profiles import DEFAULT_DB_URL
 
+if TYPE_CHECKING:
+    from assistant.generation_config import GenerationConfig
+
 Device = Literal["auto", "cpu", "cuda"]
-# Chat-model backends arrive with response generation; "none" is the grounded default.
-Llm = Literal["none"]
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value the server cannot use."""
+
+
+def _generation_from(env: Mapping[str, str]) -> GenerationConfig:
+    # generation_config imports this module (for SettingsError): import it when first needed.
+    from assistant.generation_config import GenerationConfig
+
+    return GenerationConfig.from_env(env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +34,8 @@ class Settings:
     redis_url: str | None = None
     widget_secret: str | None = None
     device: Device = "auto"
-    llm: Llm = "none"
+    # The chat model behind replies (ASSISTANT_LLM and its ASSISTANT_LLM_* settings).
+    generation: GenerationConfig = field(default_factory=lambda: _generation_from({}))
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     log_level: str = "INFO"
     # How long a dropped chat session stays resumable with its replay buffer.
@@ -69,7 +78,7 @@ class Settings:
             redis_url=get("REDIS_URL"),
             widget_secret=get("WIDGET_SECRET"),
             device=choice("DEVICE", "auto", ("auto", "cpu", "cuda")),  # type: ignore[arg-type]
-            llm=choice("LLM", "none", ("none",)),  # type: ignore[arg-type]
+            generation=_generation_from(source),
             allowed_origins=origins,
             log_level=(get("LOG_LEVEL") or "INFO").upper(),
             resume_ttl_s=number("RESUME_TTL_S", defaults.resume_ttl_s, float),

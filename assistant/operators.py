@@ -174,6 +174,7 @@ class OperatorService:
         if session.held_by is None:
             return
         session.held_by = None
+        session.released()
         await self.chat.store.set_conversation_status(session.id, "bot")
         session.emit(OperatorLeft())
         self._broadcast(session.id, SessionState(session.id, "bot"))

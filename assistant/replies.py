@@ -1,16 +1,6 @@
-"""The reply text for a turn and how it is cut into streamed deltas.
-
-Until response generation lands, the assistant acknowledges each message plainly; the reply
-never claims an intent or emotion that no model produced.
-"""
+"""How a reply is cut into streamed deltas when it is not produced piece by piece."""
 
 from __future__ import annotations
-
-ACKNOWLEDGEMENT = "Thanks, I have your message and it is saved with your conversation."
-
-
-def compose_acknowledgement() -> str:
-    return ACKNOWLEDGEMENT
 
 
 def stream_chunks(text: str, words_per_chunk: int = 4) -> list[str]:

@@ -7,9 +7,10 @@ import logging
 
 from assistant.chat import ChatConfig, ChatService
 from assistant.config import Settings
+from assistant.generation import ResponseGenerator
 from assistant.operators import OperatorService
 from assistant.refusion import RefuseReport, refuse_all
-from fusion import BatcherConfig, FusionConfig, FusionRuntime
+from fusion import BatcherConfig, FusionConfig, FusionRuntime, load_text_generator
 from profiles import EngineOptions, OperatorStore, Store, migrate
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,25 @@ async def refuse_database(settings: Settings) -> RefuseReport:
         await store.close()
 
 
+def build_generator(settings: Settings, models: Models) -> ResponseGenerator:
+    """The reply generator: knowledge base embedded with the text encoder (blocking)."""
+    config = settings.generation
+    return ResponseGenerator.from_config(
+        config,
+        models.text_encoder.encode,
+        local_loader=load_text_generator if config.llm == "transformers" else None,
+    )
+
+
 class Runtime:
     """Open with `start`, close with `stop`; `models` may be passed in to share loaded weights."""
 
-    def __init__(self, settings: Settings, models: Models | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        models: Models | None = None,
+        generator: ResponseGenerator | None = None,
+    ) -> None:
         self.settings = settings
         self._own_models = models is None
         self.models = models or load_models(settings)
@@ -66,6 +82,7 @@ class Runtime:
                 resume_ttl_s=settings.resume_ttl_s,
                 replay_frames=settings.replay_frames,
             ),
+            generator,
         )
         self.operators = OperatorService(OperatorStore(self.store), self.chat)
 
@@ -74,6 +91,10 @@ class Runtime:
             await asyncio.to_thread(migrate, self.settings.db_url)
         if self.settings.widget_secret is None:
             log.warning("ASSISTANT_WIDGET_SECRET is not set: anonymous widget users are allowed")
+        if self.chat._generator is None:
+            self.chat.generator = await asyncio.to_thread(
+                build_generator, self.settings, self.models
+            )
         self.models.start()
         self.chat.start()
 

@@ -15,9 +15,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from assistant.generation import GenerationRequest
+from assistant.handoff import HandoffState, near_handoff, turn_signal
+from assistant.handoff import release as release_handoff
+from assistant.handoff import step as step_handoff
 from assistant.outbox import CLOSE_NORMAL, Outbox
+from assistant.profile_summary import summarize_profile
+from assistant.prompting import ConversationTurn
 from assistant.protocol import (
     ErrorCode,
     ErrorFrame,
@@ -26,8 +32,8 @@ from assistant.protocol import (
     ServerFrame,
     serialize,
 )
-from assistant.replies import compose_acknowledgement, stream_chunks
-from fusion import FuseResult, Observation, Overloaded, ProfileState
+from assistant.understanding import Understanding
+from fusion import FuseResult, Observation, Observed, Overloaded, ProfileState
 from profiles import (
     ConversationRecord,
     EventRecord,
@@ -45,6 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Earlier turns of the conversation that the reply generator sees.
+WINDOW_TURNS = 8
+
 
 @dataclass(frozen=True, slots=True)
 class PendingTurn:
@@ -52,6 +61,18 @@ class PendingTurn:
     client_id: str
     text: str
     received: float  # time.perf_counter() when the frame arrived
+    record: TurnRecord  # as stored: redacted text
+
+
+@dataclass(frozen=True, slots=True)
+class _SeenEvent:
+    """An event this session stored, in the shape of a stored record (without a row id)."""
+
+    user_id: str
+    client_id: str
+    name: str
+    occurred_at: datetime
+    props: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +138,10 @@ class ChatSession:
         )
         self._max_pending_turns = max_pending_turns
         self._new_events = 0
-        self._events: dict[str, EventRecord | NewEvent] | None = None
+        self._events: dict[str, EventRecord | _SeenEvent] | None = None
+        # This conversation's turns, newest last: read once, then kept in memory.
+        self._turns_seen: deque[TurnRecord] | None = None
+        self._handoff = HandoffState()
         self._worker = asyncio.create_task(self._run_turns(), name=f"turns-{self.id}")
         self.detached_since: float | None = time.monotonic()
         # For operators: who holds the session, whether it asked for one, its latest labels.
@@ -240,7 +264,7 @@ class ChatSession:
                 log.exception("turn failed", extra={"session_id": self.id})
                 self.emit(ErrorFrame(ErrorCode.INTERNAL, "the turn failed", job.client_id))
 
-    async def _recent_events(self) -> list[EventRecord | NewEvent]:
+    async def _recent_events(self) -> list[EventRecord | _SeenEvent]:
         """The user's latest events: read once per session, then kept up to date in memory."""
         limit = self._service.models.config.max_events
         if self._events is None:
@@ -253,17 +277,31 @@ class ChatSession:
         if self._events is None:
             return
         for event in events:
-            self._events.setdefault(event.client_id, event)
+            seen = _SeenEvent(
+                self.user.id, event.client_id, event.name, event.occurred_at, dict(event.props)
+            )
+            self._events.setdefault(event.client_id, seen)
         limit = self._service.models.config.max_events
         if len(self._events) > limit:
             newest = sorted(self._events.values(), key=lambda e: e.occurred_at)[-limit:]
             self._events = {e.client_id: e for e in newest}
 
-    async def _observe(self, text: str | None) -> tuple[FuseResult, datetime]:
+    async def _observe(self, text: str | None) -> tuple[Observed, datetime]:
         now = datetime.now(UTC)
         events = await self._recent_events()
         observation = Observation(now=now, text=text, events=events)
         return await self._service.models.observe(observation), now
+
+    async def _recent_turns(self) -> list[TurnRecord]:
+        if self._turns_seen is None:
+            stored = await self._service.store.list_turns(self.id)
+            self._turns_seen = deque(stored, maxlen=WINDOW_TURNS)
+        return list(self._turns_seen)
+
+    def released(self) -> None:
+        """An operator handed the conversation back: the bot answers again."""
+        self._handoff = release_handoff(self._handoff)
+        self.waiting_for_operator = False
 
     def _profile_change(
         self, fused: FuseResult, now: datetime, reason: str, *, turns: int = 0, events: int = 0
@@ -286,24 +324,55 @@ class ChatSession:
         return change
 
     async def _absorb_behaviour(self, count: int) -> None:
-        fused, now = await self._observe(None)
-        change = self._profile_change(fused, now, "behaviour", events=count)
+        observed, now = await self._observe(None)
+        change = self._profile_change(observed.fused, now, "behaviour", events=count)
         async with self._service.user_lock(self.user.id):
             await self._service.store.apply_profile(self.user.id, change)
 
     async def _answer(self, turn: PendingTurn) -> None:
         service = self._service
-        fused, now = await self._observe(turn.text)
-        text = compose_acknowledgement()
-        for chunk in stream_chunks(text):
-            self.emit(ReplyDelta(turn_id=turn.turn_id, text=chunk))
+        observed, now = await self._observe(turn.text)
+        history = await self._recent_turns()
+        understanding = Understanding()  # no intent or emotion model is loaded yet
+        self._handoff, decision = step_handoff(self._handoff, turn_signal(turn.text, understanding))
+        change = self._profile_change(observed.fused, now, "turn", turns=1)
+        if not decision.answer:
+            # Waiting for an operator: the turn is stored, the profile learns, the bot is quiet.
+            async with service.user_lock(self.user.id):
+                await service.store.apply_profile(self.user.id, change)
+            self._remember_turn(turn.record)
+            return
+        profile = await service.store.get_profile(self.user.id)
+        events = await self._recent_events()
+        request = GenerationRequest(
+            user_id=self.user.id,
+            utterance=turn.text,
+            understanding=understanding,
+            profile=summarize_profile(
+                self.user.id, profile=profile, events=events, turns=history, now=now
+            ),
+            window=tuple(ConversationTurn(t.role, t.text) for t in history),
+            handoff=decision.handoff,
+            near_handoff=near_handoff(self._handoff),
+            query_vector=observed.text_vector,
+        )
+        stream = service.generator.stream(request)
+        async for piece in stream:
+            self.emit(ReplyDelta(turn_id=turn.turn_id, text=piece))
+        text = stream.result.text
         # Turns of one user in several sessions of this process take turns on the profile row.
         async with service.user_lock(self.user.id):
-            await service.store.finish_turn(
+            reply = await service.store.finish_turn(
                 turn.turn_id,
                 labels=TurnLabels(),
                 reply_text=text,
                 latency_ms=(time.perf_counter() - turn.received) * 1000.0,
-                profile=self._profile_change(fused, now, "turn", turns=1),
+                profile=change,
             )
-        self.emit(Reply(turn_id=turn.turn_id, text=text, handoff=False))
+        self._remember_turn(turn.record)
+        self._remember_turn(reply)
+        self.emit(Reply(turn_id=turn.turn_id, text=text, handoff=decision.handoff))
+
+    def _remember_turn(self, turn: TurnRecord) -> None:
+        if self._turns_seen is not None:
+            self._turns_seen.append(turn)

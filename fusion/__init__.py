@@ -2,10 +2,11 @@
 
 from fusion.batcher import BatcherConfig, BatcherStats, MicroBatcher, Overloaded
 from fusion.behaviour import EVENT_CATALOGUE, EventLike
+from fusion.chat_lm import LocalCausalLM, load_text_generator
 from fusion.device import select_device
 from fusion.inference import FuseRequest, FuseResult, FusionInference
 from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_profile, update_state
-from fusion.runtime import FusionConfig, FusionRuntime, Observation
+from fusion.runtime import FusionConfig, FusionRuntime, Observation, Observed
 from fusion.text_encoder import EMBEDDING_DIM, TextEncoder, TextEncoderConfig
 
 __all__ = [
@@ -19,13 +20,16 @@ __all__ = [
     "FusionConfig",
     "FusionInference",
     "FusionRuntime",
+    "LocalCausalLM",
     "MicroBatcher",
     "Observation",
+    "Observed",
     "Overloaded",
     "ProfileState",
     "ProfileUpdateConfig",
     "TextEncoder",
     "TextEncoderConfig",
+    "load_text_generator",
     "select_device",
     "update_profile",
     "update_state",

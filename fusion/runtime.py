@@ -48,6 +48,12 @@ class Observation:
     events: Sequence[EventLike] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Observed:
+    text_vector: Vector | None  # [384] when the observation had text
+    fused: FuseResult
+
+
 def _weights_version(path: Path) -> str:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return f"fusion-{digest}"
@@ -104,12 +110,14 @@ class FusionRuntime:
         """One sentence embedding (384,), computed in a shared micro-batch off the event loop."""
         return await self.text_batcher.submit(text)
 
-    async def observe(self, observation: Observation) -> FuseResult:
-        """The fused vector of one observation and each modality's share in it."""
+    async def observe(self, observation: Observation) -> Observed:
+        """The fused vector of one observation, each modality's share in it, and the text's
+        own embedding (for retrieval and the understanding heads)."""
         text = await self.encode_text(observation.text) if observation.text else None
-        return await self.fusion_batcher.submit(
+        fused = await self.fusion_batcher.submit(
             FuseRequest(text, None, observation.events, observation.now)
         )
+        return Observed(text, fused)
 
     def update_profile(
         self, previous: ProfileState | None, result: FuseResult, dt_s: float

@@ -24,7 +24,8 @@ from websockets.asyncio.client import ClientConnection, connect
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from assistant import Models, Settings, load_models, migrate_database
+from assistant import Models, ResponseGenerator, Settings, load_models, migrate_database
+from assistant.runtime import build_generator
 from server import RunningServer, running
 
 PG_URL_ENV = "ASSISTANT_TEST_PG_URL"
@@ -102,18 +103,24 @@ async def models() -> AsyncIterator[Models]:
     await loaded.stop()
 
 
+@pytest.fixture(scope="session")
+async def generator(models: Models) -> ResponseGenerator:
+    """The reply generator with its embedded knowledge base, built once for the run."""
+    return await asyncio.to_thread(build_generator, Settings(device="cpu"), models)
+
+
 ServerFactory = Callable[..., AbstractAsyncContextManager[RunningServer]]
 
 
 @pytest.fixture
-def start_server(models: Models, sqlite_url: str) -> ServerFactory:
+def start_server(models: Models, generator: ResponseGenerator, sqlite_url: str) -> ServerFactory:
     """`async with start_server(widget_secret=...) as srv:` a real server on port 0."""
 
     def factory(**overrides: Any) -> AbstractAsyncContextManager[RunningServer]:
         settings = replace(
             Settings(host="127.0.0.1", port=0, db_url=sqlite_url, device="cpu"), **overrides
         )
-        return running(settings, models=models)
+        return running(settings, models=models, generator=generator)
 
     return factory
 
