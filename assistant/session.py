@@ -25,8 +25,10 @@ from assistant.outbox import CLOSE_NORMAL, Outbox
 from assistant.profile_summary import summarize_profile
 from assistant.prompting import ConversationTurn
 from assistant.protocol import (
+    EmotionLabel,
     ErrorCode,
     ErrorFrame,
+    IntentLabel,
     Reply,
     ReplyDelta,
     ServerFrame,
@@ -333,16 +335,23 @@ class ChatSession:
         service = self._service
         observed, now = await self._observe(turn.text)
         history = await self._recent_turns()
-        understanding = Understanding()  # no intent or emotion model is loaded yet
+        profile = await service.store.get_profile(self.user.id)
+        understanding = await self._understand(observed, profile)
+        labels = TurnLabels(
+            intent=understanding.intent,
+            intent_confidence=understanding.confidence,
+            emotion=understanding.emotion,
+            emotion_scores=dict(understanding.emotion_scores) or None,
+        )
         self._handoff, decision = step_handoff(self._handoff, turn_signal(turn.text, understanding))
         change = self._profile_change(observed.fused, now, "turn", turns=1)
         if not decision.answer:
             # Waiting for an operator: the turn is stored, the profile learns, the bot is quiet.
             async with service.user_lock(self.user.id):
+                await service.store.label_turn(turn.turn_id, labels)
                 await service.store.apply_profile(self.user.id, change)
             self._remember_turn(turn.record)
             return
-        profile = await service.store.get_profile(self.user.id)
         events = await self._recent_events()
         request = GenerationRequest(
             user_id=self.user.id,
@@ -364,14 +373,48 @@ class ChatSession:
         async with service.user_lock(self.user.id):
             reply = await service.store.finish_turn(
                 turn.turn_id,
-                labels=TurnLabels(),
+                labels=labels,
                 reply_text=text,
                 latency_ms=(time.perf_counter() - turn.received) * 1000.0,
                 profile=change,
             )
         self._remember_turn(turn.record)
         self._remember_turn(reply)
-        self.emit(Reply(turn_id=turn.turn_id, text=text, handoff=decision.handoff))
+        intent = (
+            IntentLabel(understanding.intent, understanding.confidence)
+            if understanding.intent is not None and understanding.confidence is not None
+            else None
+        )
+        emotion = (
+            EmotionLabel(understanding.emotion, dict(understanding.emotion_scores))
+            if understanding.emotion is not None
+            else None
+        )
+        self.emit(
+            Reply(
+                turn_id=turn.turn_id,
+                text=text,
+                intent=intent,
+                emotion=emotion,
+                handoff=decision.handoff,
+            )
+        )
+
+    async def _understand(self, observed: Observed, profile: ProfileRecord | None) -> Understanding:
+        """The intent and emotion models' reading of the message, on the profile before it."""
+        models = self._service.models
+        if observed.text_vector is None:
+            return Understanding()
+        usable = profile is not None and profile.model_version == models.model_version
+        vector = profile.vector if profile is not None and usable else None
+        result = await models.understand(observed.text_vector, vector)
+        return Understanding(
+            intent=result.intent,
+            confidence=result.intent_confidence,
+            top2=(result.top2[0], result.top2[1]) if len(result.top2) == 2 else None,
+            emotion=result.emotion,
+            emotion_scores=result.emotion_scores,
+        )
 
     def _remember_turn(self, turn: TurnRecord) -> None:
         if self._turns_seen is not None:

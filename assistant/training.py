@@ -11,6 +11,8 @@ from collections.abc import Sequence
 TRAINERS = {
     "fusion": "the fusion model: 5-fold CV ablation on the simulated benchmark, then weights",
     "speech": "the speech encoder on RAVDESS, split by actor",
+    "intent": "the intent head (Banking77 + CLINC150 out-of-scope), profile-conditioned",
+    "emotion": "the emotion head (GoEmotions text, RAVDESS speech)",
 }
 
 
@@ -24,4 +26,8 @@ def train(kind: str, argv: Sequence[str]) -> int:
         from fusion.train_speech import main as speech_main
 
         return speech_main(list(argv))
+    if kind in ("intent", "emotion"):
+        from fusion.train_understanding import main as understanding_main
+
+        return understanding_main([kind, *argv])
     raise ValueError(f"unknown trainer {kind!r}; choose from {', '.join(TRAINERS)}")

@@ -8,10 +8,13 @@ from fusion.inference import FuseRequest, FuseResult, FusionInference
 from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_profile, update_state
 from fusion.runtime import FusionConfig, FusionRuntime, Observation, Observed
 from fusion.text_encoder import EMBEDDING_DIM, TextEncoder, TextEncoderConfig
+from fusion.understanding import OUT_OF_SCOPE, SERVICE_EMOTIONS, UnderstandingResult
 
 __all__ = [
     "EMBEDDING_DIM",
     "EVENT_CATALOGUE",
+    "OUT_OF_SCOPE",
+    "SERVICE_EMOTIONS",
     "BatcherConfig",
     "BatcherStats",
     "EventLike",
@@ -29,6 +32,7 @@ __all__ = [
     "ProfileUpdateConfig",
     "TextEncoder",
     "TextEncoderConfig",
+    "UnderstandingResult",
     "load_text_generator",
     "select_device",
     "update_profile",

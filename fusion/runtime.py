@@ -24,6 +24,7 @@ from fusion.device import select_device
 from fusion.inference import WEIGHTS_PATH, FuseRequest, FuseResult, FusionInference
 from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_state
 from fusion.text_encoder import TextEncoder, TextEncoderConfig
+from fusion.understanding import Understanding, UnderstandingResult
 
 Vector = npt.NDArray[np.float32]
 
@@ -49,6 +50,12 @@ class Observation:
 
 
 @dataclass(frozen=True, slots=True)
+class UnderstandRequest:
+    text_vector: Vector  # [384]
+    profile: Vector | None  # [128], from the fusion model these heads were trained with
+
+
+@dataclass(frozen=True, slots=True)
 class Observed:
     text_vector: Vector | None  # [384] when the observation had text
     fused: FuseResult
@@ -69,9 +76,11 @@ class FusionRuntime:
         self.text_encoder = TextEncoder(self.device, self.config.text)
         self.fusion = FusionInference.load(self.config.fusion_weights, self.device)
         self.model_version = _weights_version(self.config.fusion_weights)
+        self.understanding = Understanding.load(self.device)
         self.load_seconds = time.perf_counter() - started
         self._text: MicroBatcher[str, Vector] | None = None
         self._fuse: MicroBatcher[FuseRequest, FuseResult] | None = None
+        self._understand: MicroBatcher[UnderstandRequest, UnderstandingResult] | None = None
 
     @property
     def dim(self) -> int:
@@ -87,10 +96,16 @@ class FusionRuntime:
         if self._fuse is None:
             self._fuse = MicroBatcher(self.fusion.fuse_many, self.config.batcher, name="fusion")
             self._fuse.start()
+        if self._understand is None:
+            self._understand = MicroBatcher(
+                self._understand_batch, self.config.batcher, name="understanding"
+            )
+            self._understand.start()
 
     async def stop(self) -> None:
-        text, fuse, self._text, self._fuse = self._text, self._fuse, None, None
-        for batcher in (text, fuse):
+        batchers = (self._text, self._fuse, self._understand)
+        self._text = self._fuse = self._understand = None
+        for batcher in batchers:
             if batcher is not None:
                 await batcher.stop()
 
@@ -118,6 +133,18 @@ class FusionRuntime:
             FuseRequest(text, None, observation.events, observation.now)
         )
         return Observed(text, fused)
+
+    def _understand_batch(self, requests: Sequence[UnderstandRequest]) -> list[UnderstandingResult]:
+        return self.understanding.predict_many(
+            np.stack([r.text_vector for r in requests]), [r.profile for r in requests]
+        )
+
+    async def understand(self, text_vector: Vector, profile: Vector | None) -> UnderstandingResult:
+        """Intent (with out-of-scope) and emotion of one message, conditioned on the profile
+        as it stood before the message."""
+        if self._understand is None:
+            raise RuntimeError("FusionRuntime.start() has not been called")
+        return await self._understand.submit(UnderstandRequest(text_vector, profile))
 
     def update_profile(
         self, previous: ProfileState | None, result: FuseResult, dt_s: float

@@ -284,6 +284,18 @@ class Store:
                     raise NotFound(f"conversation {conversation_id} or user {user_id}") from None
                 return _turn(existing), False
 
+    async def label_turn(self, turn_id: str, labels: TurnLabels) -> None:
+        """The models' labels on a user turn that gets no reply (an operator holds the chat)."""
+        async with self._tx() as session:
+            turn = await session.get(Turn, turn_id)
+            if turn is None:
+                raise NotFound(turn_id)
+            turn.intent = labels.intent
+            turn.intent_confidence = labels.intent_confidence
+            turn.emotion = labels.emotion
+            turn.emotion_scores = labels.emotion_scores
+            await _note_labels(session, turn.user_id, labels)
+
     async def finish_turn(
         self,
         user_turn_id: str,

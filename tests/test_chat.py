@@ -13,11 +13,18 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from assistant import issue_token
+from fusion import OUT_OF_SCOPE, SERVICE_EMOTIONS
 from server import RunningServer
 from tests.conftest import Client, ClientFactory, ServerFactory
 
 pytestmark = pytest.mark.asyncio
 
+# In scope, so that no reply turns into a handoff to a person.
+BANKING = [
+    "How do I activate my new card?",
+    "Why was my transfer declined?",
+    "Can I top up my account by bank transfer?",
+]
 MESSAGES = [
     "Hi, I ordered a blender last week and it still has not arrived.",
     "My card payment failed twice, can you tell me why?",
@@ -53,8 +60,12 @@ async def test_three_turns_update_profile_and_snapshots(
         reply = frames[-1]
         deltas = "".join(str(f["text"]) for f in frames if f["type"] == "reply.delta")
         assert deltas == reply["text"] and reply["text"]
-        # Without trained heads no intent or emotion is claimed.
-        assert "intent" not in reply and "emotion" not in reply
+        # The intent and emotion heads label every message, with calibrated probabilities.
+        intents = {*server.runtime.models.understanding.intents, OUT_OF_SCOPE}
+        assert reply["intent"]["label"] in intents
+        assert 0.0 <= reply["intent"]["confidence"] <= 1.0
+        assert reply["emotion"]["label"] in SERVICE_EMOTIONS
+        assert abs(sum(reply["emotion"]["scores"].values()) - 1.0) < 1e-3
         seqs = [int(str(f["seq"])) for f in frames]
         assert seqs == list(range(last_seq + 1, last_seq + 1 + len(frames)))
         last_seq = seqs[-1]
@@ -71,6 +82,7 @@ async def test_three_turns_update_profile_and_snapshots(
     turns = await store.list_turns(welcome["session_id"])
     assert [t.role for t in turns] == ["user", "assistant"] * 3
     assert turns[0].text == MESSAGES[0]
+    assert turns[0].intent is not None and turns[0].emotion in SERVICE_EMOTIONS
 
 
 async def test_behaviour_and_text_both_move_the_profile(
@@ -320,7 +332,7 @@ async def test_concurrent_sessions_each_get_their_own_replies(
     async def converse(index: int, client: Client) -> list[str]:
         replies = []
         for n in range(3):
-            frames = await _turn(client, f"c{index}-{n}", f"question {n} from client {index}")
+            frames = await _turn(client, f"c{index}-{n}", f"{BANKING[n]} (customer {index})")
             assert frames[0]["id"] == f"c{index}-{n}"
             replies.append(str(frames[-1]["turn_id"]))
         return replies

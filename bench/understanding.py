@@ -1,0 +1,116 @@
+"""Per-message cost of the intent and emotion heads next to the text encoder's.
+
+One message at a time (the server's worst case: a lone request is its own batch), on the
+device `ASSISTANT_DEVICE` picks. For each message: the MiniLM embedding, then both heads
+(intent with a profile, emotion with speech features on every other message). Prints the
+p50/p90 of each and the target: the heads add <= 1 ms p50 per message over the encoder.
+Then the heads' per-message cost when the micro-batcher hands them a batch (`--batch`).
+
+    .venv/bin/python bench/understanding.py
+    .venv/bin/python bench/understanding.py --messages 300 --threads 2 --json var/u.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+from fusion.device import select_device
+from fusion.text_encoder import TextEncoder
+from fusion.understanding import Understanding
+
+MESSAGES = [
+    "My card payment was declined at the supermarket this morning.",
+    "How long does a transfer to Germany take?",
+    "I still haven't received my new card, it has been two weeks!",
+    "Can I top up with Apple Pay?",
+    "Why was I charged a fee for withdrawing cash?",
+    "What is the weather like in Paris tomorrow?",
+    "Thank you so much, that solved it.",
+    "I think someone stole my card, please block it now.",
+]
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values) * 1000.0
+    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--messages", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=16, help="batch size of the batched run")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = select_device(os.environ.get("ASSISTANT_DEVICE", "auto"))
+    encoder = TextEncoder(device)
+    heads = Understanding.load(device)
+    rng = np.random.default_rng(0)
+    profile = rng.standard_normal(heads.profile_dim).astype(np.float32)
+    profile /= np.linalg.norm(profile)
+    speech = rng.standard_normal(heads.speech_dim).astype(np.float32)
+    for text in MESSAGES:  # warm-up: lazy initialisation, allocator, caches
+        heads.predict_many(encoder.encode([text]), [profile], [speech])
+    encode_s: list[float] = []
+    heads_s: list[float] = []
+    for i in range(args.messages):
+        text = MESSAGES[i % len(MESSAGES)]
+        start = time.perf_counter()
+        vec = encoder.encode([text])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        middle = time.perf_counter()
+        heads.predict_many(vec, [profile], [speech if i % 2 else None])
+        end = time.perf_counter()
+        encode_s.append(middle - start)
+        heads_s.append(end - middle)
+    # The server's micro-batcher hands the heads whole batches under load: per-message cost
+    # of one batched call.
+    vecs = encoder.encode([MESSAGES[i % len(MESSAGES)] for i in range(args.batch)])
+    profiles = [profile] * args.batch
+    speeches = [speech if i % 2 else None for i in range(args.batch)]
+    batched_s: list[float] = []
+    for _ in range(max(20, args.messages // 4)):
+        start = time.perf_counter()
+        heads.predict_many(vecs, profiles, speeches)
+        batched_s.append((time.perf_counter() - start) / args.batch)
+    result = {
+        "device": str(device),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch threads {args.threads}",
+        "messages": args.messages,
+        "text_encoder_ms": _ms(encode_s),
+        "heads_ms": _ms(heads_s),
+        "batch": args.batch,
+        "heads_batched_ms_per_message": _ms(batched_s),
+        "target_heads_p50_ms": 1.0,
+    }
+    result["met"] = result["heads_ms"]["p50"] <= 1.0
+    print(
+        f"text encoder p50 {result['text_encoder_ms']['p50']:.2f} ms; intent + emotion heads "
+        f"p50 {result['heads_ms']['p50']:.3f} ms, p90 {result['heads_ms']['p90']:.3f} ms "
+        f"(target <= 1 ms p50: {'met' if result['met'] else 'NOT met'}) on {device}; "
+        f"in batches of {args.batch}: "
+        f"{result['heads_batched_ms_per_message']['p50']:.3f} ms per message"
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""Intent and emotion heads: shapes, the empty-profile guarantee, seeding, calibration, weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from fusion.train_understanding import (
+    FitConfig,
+    fit_member,
+    load_banking77,
+    load_clinc_oos,
+    load_goemotions,
+    one_hot,
+    single_label,
+    soft_targets,
+)
+from fusion.understanding import (
+    EMOTION_WEIGHTS,
+    GOEMOTIONS_TO_EKMAN,
+    GOEMOTIONS_TO_SERVICE,
+    INTENT_WEIGHTS,
+    OUT_OF_SCOPE,
+    RAVDESS,
+    RAVDESS_TO_SERVICE,
+    SERVICE_EMOTIONS,
+    EmotionModel,
+    EnsembleConfig,
+    EnsembleMLP,
+    FiLMConfig,
+    IntentArtifact,
+    IntentModel,
+    Understanding,
+    expected_calibration_error,
+    fit_temperature,
+    mapping_matrix,
+)
+
+INTENTS = (*(f"intent_{i}" for i in range(77)), OUT_OF_SCOPE)
+
+
+def _nonzero_film(model: IntentModel) -> None:
+    with torch.no_grad():
+        for p in model.film.parameters():
+            p.normal_(0.0, 0.5)
+
+
+def _understanding(seed: int = 0) -> Understanding:
+    torch.manual_seed(seed)
+    intent = IntentModel(EnsembleConfig(members=2, hidden=32), FiLMConfig(target=32))
+    _nonzero_film(intent)
+    emotion = EmotionModel(
+        EnsembleConfig(members=2, hidden=16, out_dim=28),
+        EnsembleConfig(members=2, in_dim=136, hidden=16, out_dim=8, input_scale=1.0),
+    )
+    emotion.get_buffer("text_map").copy_(
+        torch.from_numpy(mapping_matrix(_GOEMOTIONS, SERVICE_EMOTIONS, GOEMOTIONS_TO_SERVICE))
+    )
+    emotion.get_buffer("speech_map").copy_(
+        torch.from_numpy(mapping_matrix(RAVDESS, SERVICE_EMOTIONS, RAVDESS_TO_SERVICE))
+    )
+    artifact = IntentArtifact(intent.eval(), INTENTS, 1.3, 0.2, None)
+    return Understanding(artifact, emotion.eval(), torch.device("cpu"))
+
+
+_GOEMOTIONS = tuple(GOEMOTIONS_TO_SERVICE)
+
+
+def _unit(rows: int, dim: int, seed: int) -> npt.NDArray[np.float32]:
+    x = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    out: npt.NDArray[np.float32] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def test_shapes_of_the_modules() -> None:
+    model = IntentModel(EnsembleConfig(members=3, hidden=64), FiLMConfig(target=64)).eval()
+    out = model(torch.randn(5, 384), torch.randn(5, 128), torch.ones(5, dtype=torch.bool))
+    assert out.shape == (3, 5, 78)
+    mlp = EnsembleMLP(EnsembleConfig(members=2, in_dim=136, hidden=8, out_dim=8))
+    assert mlp(torch.randn(4, 136)).shape == (2, 4, 8)
+
+
+def test_an_absent_profile_is_exactly_the_text_only_model() -> None:
+    torch.manual_seed(0)
+    model = IntentModel(EnsembleConfig(members=2, hidden=32), FiLMConfig(target=32)).eval()
+    _nonzero_film(model)
+    text, profile = torch.randn(6, 384), torch.randn(6, 128)
+    absent = model(text, profile, torch.zeros(6, dtype=torch.bool))
+    assert torch.equal(absent, model.trunk(text))
+    present = model(text, profile, torch.ones(6, dtype=torch.bool))
+    assert not torch.allclose(present, absent)
+
+
+def test_a_fresh_film_generator_starts_as_the_identity() -> None:
+    model = IntentModel(EnsembleConfig(members=1, hidden=16), FiLMConfig(target=16)).eval()
+    text = torch.randn(3, 384)
+    with_profile = model(text, torch.randn(3, 128), torch.ones(3, dtype=torch.bool))
+    assert torch.allclose(with_profile, model.trunk(text))
+
+
+def test_predictions_are_calibrated_distributions() -> None:
+    heads = _understanding()
+    text = _unit(4, 384, 1)
+    profiles = [_unit(1, 128, 2)[0], None, None, _unit(1, 128, 3)[0]]
+    speech = [None, np.ones(136, np.float32), None, np.zeros(136, np.float32)]
+    results = heads.predict_many(text, profiles, speech)
+    assert len(results) == 4
+    for r in results:
+        assert r.emotion in SERVICE_EMOTIONS
+        assert sum(r.emotion_scores.values()) == pytest.approx(1.0, abs=1e-5)
+        assert 0.0 <= r.intent_confidence <= 1.0
+        assert len(r.top2) == 2 and r.top2[0][1] >= r.top2[1][1]
+        assert r.intent in INTENTS
+    probs = heads.intent_probs(
+        torch.from_numpy(text), torch.zeros(4, 128), torch.zeros(4, dtype=torch.bool)
+    )
+    assert torch.allclose(probs.sum(dim=-1), torch.ones(4), atol=1e-5)
+
+
+def test_empty_profile_through_the_wrapper_matches_no_profile_at_all() -> None:
+    heads = _understanding()
+    text = _unit(3, 384, 4)
+    a = heads.predict_many(text, None, None)
+    b = heads.predict_many(text, [None, None, None], [None, None, None])
+    assert a == b
+
+
+def test_a_profile_from_another_fusion_model_is_ignored() -> None:
+    heads = _understanding()
+    text = _unit(2, 384, 5)
+    profiles = [_unit(1, 128, 6)[0], _unit(1, 128, 7)[0]]
+    conditioned = heads.predict_many(text, profiles)
+    heads.use_profile = False
+    assert heads.predict_many(text, profiles) == heads.predict_many(text)
+    assert conditioned != heads.predict_many(text)
+
+
+def test_wrong_dimensions_are_rejected() -> None:
+    heads = _understanding()
+    with pytest.raises(ValueError, match="profile vector has 12 values"):
+        heads.predict_many(_unit(1, 384, 0), [np.zeros(12, np.float32)])
+    with pytest.raises(ValueError, match="2 speech vectors for 1 messages"):
+        heads.predict_many(_unit(1, 384, 0), None, [None, None])
+    assert heads.predict_many(np.zeros((0, 384), np.float32)) == []
+
+
+def test_the_same_seed_trains_the_same_head() -> None:
+    x = _unit(64, 384, 8)
+    y = one_hot(np.arange(64) % 5, 5)
+    cfg = EnsembleConfig(members=1, hidden=16, out_dim=5)
+    fit = FitConfig(epochs=2, batch_size=16, seed=3)
+    a = fit_member(cfg, fit, x, y, progress=False)
+    b = fit_member(cfg, fit, x, y, progress=False)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_temperature_scaling_recovers_a_known_temperature() -> None:
+    gen = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 6, generator=gen) * 2.0
+    labels = torch.multinomial(torch.softmax(true_logits, -1), 1, generator=gen).squeeze(1)
+    t = fit_temperature(true_logits * 3.0, labels)
+    assert t == pytest.approx(3.0, rel=0.15)
+    probs = torch.softmax(true_logits, -1).numpy()
+    assert expected_calibration_error(probs, labels.numpy()) < 0.03
+
+
+def test_mappings_cover_every_label_once() -> None:
+    assert set(GOEMOTIONS_TO_SERVICE.values()) == set(SERVICE_EMOTIONS)
+    assert set(GOEMOTIONS_TO_SERVICE) == set(GOEMOTIONS_TO_EKMAN)
+    assert set(RAVDESS_TO_SERVICE) == set(RAVDESS)
+    m = mapping_matrix(RAVDESS, SERVICE_EMOTIONS, RAVDESS_TO_SERVICE)
+    assert np.all(m.sum(axis=1) == 1.0)
+
+
+def test_multi_label_rows_become_soft_targets_and_single_labels() -> None:
+    names = ("anger", "annoyance", "joy")
+    matrix = mapping_matrix(names, SERVICE_EMOTIONS, GOEMOTIONS_TO_SERVICE)
+    rows = ((0,), (0, 1), (2,))
+    assert soft_targets(rows, 3)[1].tolist() == [0.5, 0.5, 0.0]
+    single = single_label(rows, matrix)
+    angry, satisfied = SERVICE_EMOTIONS.index("angry"), SERVICE_EMOTIONS.index("satisfied")
+    assert single.tolist() == [angry, -1, satisfied]
+
+
+@pytest.mark.skipif(
+    not (INTENT_WEIGHTS.exists() and EMOTION_WEIGHTS.exists()), reason="weights not trained"
+)
+def test_shipped_weights_load_offline_and_predict() -> None:
+    heads = Understanding.load(torch.device("cpu"))
+    assert heads.intents[-1] == OUT_OF_SCOPE and len(heads.intents) == 78
+    results = heads.predict_many(_unit(2, 384, 9), [_unit(1, 128, 1)[0], None])
+    assert all(sum(r.emotion_scores.values()) == pytest.approx(1.0, abs=1e-5) for r in results)
+    total = sum(p.stat().st_size for p in INTENT_WEIGHTS.parent.glob("*.pt"))
+    assert total <= 30 * 1024 * 1024
+
+
+def _data_dir() -> Path:
+    root = os.environ.get("ASSISTANT_DATA_DIR")
+    if not root:
+        pytest.skip("set ASSISTANT_DATA_DIR to the shared data folder")
+    return Path(root)
+
+
+def test_data_sets_load_with_the_expected_counts_and_labels() -> None:
+    data = _data_dir()
+    train, intents = load_banking77(data, "train")
+    assert len(train.texts) == 10_003 and len(intents) == 77
+    assert len(load_clinc_oos(data, "oos_test")) == 1000
+    go = load_goemotions(data, "dev")
+    assert len(go.texts) == 5426
+    assert set(go.names) == set(GOEMOTIONS_TO_SERVICE)
+    ekman = load_goemotions(data, "dev", "ekman")
+    assert set(ekman.names) == set(GOEMOTIONS_TO_EKMAN.values())
