@@ -83,7 +83,7 @@ async def test_role_matrix(server: RunningServer, open_client: ClientFactory, ro
         "session.takeover": {"session_id": session_id},
         "session.say": {"session_id": session_id, "text": "hello from a person"},
         "session.release": {"session_id": session_id},
-        "turn.relabel": {"turn_id": turn_id, "intent": "lost_or_stolen_card"},
+        "turn.relabel": {"turn_id": turn_id, "intent": "exchange_rate"},
         "operators.list": {},
         "operators.create": {"name": f"new-{role}", "role": "viewer"},
         "operators.revoke": {"name": f"spare-{role}"},
@@ -119,4 +119,4 @@ async def test_role_matrix(server: RunningServer, open_client: ClientFactory, ro
         assert spare.revoked_at is None and not created
     turn = await ops.get_turn(turn_id)
     assert turn is not None
-    assert (turn.intent == "lost_or_stolen_card") == (role != "viewer")
+    assert (turn.intent == "exchange_rate") == (role != "viewer")

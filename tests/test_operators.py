@@ -23,6 +23,7 @@ from assistant.operator_protocol import (
     OperatorErrorCode,
     parse_operator_frame,
 )
+from fusion import SERVICE_EMOTIONS
 from profiles import (
     OperatorStore,
     ProfileUpdate,
@@ -216,7 +217,7 @@ async def test_search_view_takeover_say_release(
     async with operator_client(server, key) as agent:
         found = await agent.ok("profiles.search", q="ada")
         assert [i["id"] for i in found["items"]] == [user_id]
-        assert found["items"][0]["emotion"] is None, "no emotion model yet: null, not a guess"
+        assert found["items"][0]["emotion"] in SERVICE_EMOTIONS
         view = (await agent.ok("profile.get", user_id=user_id))["profile"]
         assert view["user"]["external_id"] == "cust-777"
         shares = view["modality_contributions"]
