@@ -250,6 +250,9 @@ class BehaviourEncoderConfig:
     heads: int = 4
     out_dim: int = 128
     dropout: float = 0.1
+    # Also embed each property together with its event's name (hashed pair), so that
+    # "status=pending" of a top-up and of a transfer are told apart before the event MLP.
+    name_prop_pairs: bool = False
 
 
 def age_hours(age_s: torch.Tensor) -> torch.Tensor:
@@ -268,6 +271,11 @@ class BehaviourEncoder(nn.Module):
             raise ValueError("event_dim must be divisible by heads")
         self.name_emb = nn.Embedding(NAME_VOCAB, cfg.name_dim, padding_idx=PAD_ID)
         self.prop_emb = nn.Embedding(PROP_BUCKETS, cfg.prop_dim, padding_idx=PAD_ID)
+        self.pair_emb = (
+            nn.Embedding(PROP_BUCKETS, cfg.prop_dim, padding_idx=PAD_ID)
+            if cfg.name_prop_pairs
+            else None
+        )
         self.age_emb = nn.Embedding(cfg.age_buckets, cfg.name_dim)
         self.event = nn.Sequential(
             nn.Linear(2 * cfg.name_dim + cfg.prop_dim, cfg.event_dim),
@@ -296,6 +304,11 @@ class BehaviourEncoder(nn.Module):
         # log2 buckets from under a minute to years.
         bucket = torch.log2(hours * 60.0 + 1.0).floor().long().clamp(0, cfg.age_buckets - 1)
         props = self.prop_emb(b.props).sum(dim=2)  # [B, T, prop_dim]
+        if self.pair_emb is not None:
+            # (name, property) pairs hashed into the table; padding properties stay padding.
+            pair = (b.props * 1009 + b.names.unsqueeze(-1) * 7919) % (PROP_BUCKETS - 1) + 1
+            pair = torch.where(b.props == PAD_ID, torch.zeros_like(pair), pair)
+            props = props + self.pair_emb(pair).sum(dim=2)
         x = torch.cat([self.name_emb(b.names), self.age_emb(bucket), props], dim=-1)
         event: torch.Tensor = self.event(x)  # [B, T, E]
         return event

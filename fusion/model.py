@@ -66,6 +66,20 @@ class FusionModelConfig:
     # Weight of the task loss on a second view of each example that keeps a random non-empty
     # subset of its present modalities (see joint_loss); 0 turns the view off.
     subset_weight: float = 1.0
+    # Which subsets the second view trains: "random" (per row, each present modality kept with
+    # probability 1/2, never none) or "all" (every non-empty proper subset of the present
+    # modalities, each as its own view, losses averaged): every combination gets trained.
+    subset_mode: str = "random"
+    # Late-fusion path: a linear intent/emotion expert per modality on its shared-space vector,
+    # whose logits are added to the fused heads' logits for the modalities used. The fused
+    # model then starts from the product of its unimodal experts and cannot do much worse
+    # than its best component; with a modality missing the others' experts still speak.
+    late_fusion: bool = False
+    # With late fusion: weight of each expert's own cross-entropy (intent + emotion) on the
+    # examples where its modality is present, so every expert is a classifier on its own
+    # (not only a correction of the others) and still speaks well when the others are missing.
+    expert_weight: float = 0.0
+    label_smoothing: float = 0.0
     emotion_weight: float = 1.0
     l1: float = 0.1  # adversarial (projections fool the discriminator)
     l2: float = 0.1  # discriminator
@@ -75,6 +89,8 @@ class FusionModelConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {STRATEGIES}")
+        if self.subset_mode not in ("random", "all"):
+            raise ValueError(f"unknown subset_mode {self.subset_mode!r}")
         unknown = set(self.modalities) - set(MODALITIES)
         if unknown or not self.modalities:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}")
@@ -214,6 +230,23 @@ class CascadeFusion(nn.Module):
         return self.norm(state), _shares(torch.stack(sizes, dim=1).detach(), mask)
 
 
+class ModalityExperts(nn.Module):
+    """One linear classifier per modality; the used modalities' logits are summed."""
+
+    def __init__(self, dim: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(len(MODALITIES), dim, n_out))
+        nn.init.normal_(self.weight, std=dim**-0.5)
+        self.bias = nn.Parameter(torch.zeros(len(MODALITIES), n_out))
+
+    def each(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, 3, D] -> [B, 3, K]: every modality's expert logits."""
+        return torch.einsum("bmd,mdk->bmk", h, self.weight) + self.bias
+
+    def forward(self, h: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+        return (self.each(h) * used.unsqueeze(-1).to(h.dtype)).sum(dim=1)
+
+
 class Projection(nn.Module):
     """Modality features [B, n_in] -> shared space [B, D]."""
 
@@ -253,6 +286,9 @@ class FusionModel(nn.Module):
             self.fusion = CascadeFusion(d, hid, cfg.dropout)
         self.intent_head = _mlp(d, hid, cfg.n_intents, cfg.dropout)
         self.emotion_head = _mlp(d, hid // 2, cfg.n_emotions, cfg.dropout)
+        self.experts: ModalityExperts | None = (
+            ModalityExperts(d, cfg.n_intents + cfg.n_emotions) if cfg.late_fusion else None
+        )
         self.discriminator = _mlp(d, hid // 4, len(MODALITIES), 0.0)
         self.decode_text = _mlp(d, hid, cfg.text_dim, cfg.dropout)
         self.decode_speech = _mlp(d, hid, cfg.speech_dim, cfg.dropout)
@@ -283,6 +319,30 @@ class FusionModel(nn.Module):
         keep = (torch.rand(present.shape, device=present.device) < 0.5) & present
         return self._at_least_one(keep, present)
 
+    def fuse(
+        self, h: torch.Tensor, used: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projections [B, 3, D] fused under `used` [B, 3]: z, gates, intent and emotion logits."""
+        z, gates = self.fusion(h, used)  # [B, D], [B, 3]
+        intent, emotion = self.intent_head(z), self.emotion_head(z)
+        if self.experts is not None:
+            late = self.experts(h, used)  # [B, n_intents + n_emotions]
+            n = self.config.n_intents
+            intent, emotion = intent + late[:, :n], emotion + late[:, n:]
+        return z, gates, intent, emotion
+
+    def all_subsets(self, present: torch.Tensor) -> list[torch.Tensor]:
+        """Every non-empty proper subset of the allowed modalities, intersected with `present`."""
+        allowed = [i for i, m in enumerate(MODALITIES) if m in self.config.modalities]
+        out = []
+        for bits in range(1, 2 ** len(allowed) - 1):
+            keep = torch.zeros(len(MODALITIES), dtype=torch.bool, device=present.device)
+            for j, i in enumerate(allowed):
+                if bits >> j & 1:
+                    keep[i] = True
+            out.append(present & keep)
+        return out
+
     def forward(
         self,
         text: torch.Tensor,  # [B, text_dim]
@@ -303,12 +363,12 @@ class FusionModel(nn.Module):
         # Whatever an absent modality's input holds (zeros, garbage, NaN) stops here.
         h = torch.where(present.unsqueeze(-1), h, torch.zeros_like(h))
         used = self.drop_modalities(present)
-        z, gates = self.fusion(h, used)  # [B, D], [B, 3]
+        z, gates, intent_logits, emotion_logits = self.fuse(h, used)
         return FusionOutput(
             z=z,
             gates=gates,
-            intent_logits=self.intent_head(z),
-            emotion_logits=self.emotion_head(z),
+            intent_logits=intent_logits,
+            emotion_logits=emotion_logits,
             projections=h,
             used=used,
             present=present,
@@ -341,28 +401,52 @@ def joint_loss(
     emotion: torch.Tensor,  # [B] long
 ) -> LossTerms:
     cfg = model.config
-    ce = nn.functional.cross_entropy
+
+    def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+
     l_intent = ce(out.intent_logits, intent)
     l_emotion = ce(out.emotion_logits, emotion)
     task = l_intent + cfg.emotion_weight * l_emotion
     zero = out.z.sum() * 0.0
     if cfg.subset_weight > 0 and len(cfg.modalities) > 1:
-        # The same projections fused under a random subset of the present modalities: every
-        # smaller combination is trained as a task of its own, so that a modality missing at
-        # test time costs little against a model trained without it. Only the fusion module
-        # and the heads run again.
-        z_sub, _ = model.fusion(out.projections, model.random_subset(out.present))
-        task = task + cfg.subset_weight * (
-            ce(model.intent_head(z_sub), intent)
-            + cfg.emotion_weight * ce(model.emotion_head(z_sub), emotion)
-        )
+        # The same projections fused under subsets of the present modalities: every smaller
+        # combination is trained as a task of its own, so that a modality missing at test
+        # time costs little against a model trained without it. Only the fusion module and
+        # the heads run again.
+        if cfg.subset_mode == "all":
+            subsets = model.all_subsets(out.present)
+        else:
+            subsets = [model.random_subset(out.present)]
+        sub_loss = zero
+        for keep in subsets:
+            rows_kept = keep.any(dim=1)
+            if not bool(rows_kept.any()):
+                continue
+            _, _, i_sub, e_sub = model.fuse(out.projections[rows_kept], keep[rows_kept])
+            sub_loss = sub_loss + (
+                ce(i_sub, intent[rows_kept]) + cfg.emotion_weight * ce(e_sub, emotion[rows_kept])
+            )
+        task = task + cfg.subset_weight * sub_loss / len(subsets)
+
+    if model.experts is not None and cfg.expert_weight > 0:
+        # Each expert alone, on the rows where its modality is present.
+        each = model.experts.each(out.projections)  # [B, 3, K]
+        rows, cols = out.present.nonzero(as_tuple=True)
+        if len(rows) > 0:
+            n = cfg.n_intents
+            picked = each[rows, cols]  # [N, K]
+            task = task + cfg.expert_weight * (
+                ce(picked[:, :n], intent[rows])
+                + cfg.emotion_weight * ce(picked[:, n:], emotion[rows])
+            )
 
     # Adversarial alignment over every present modality's projection.
     present = out.present  # [B, 3]
     rows, cols = present.nonzero(as_tuple=True)
     if len(cfg.modalities) > 1 and len(rows) > 0:
         proj = out.projections[rows, cols]  # [N, D]
-        l_disc = ce(model.discriminator(proj.detach()), cols)
+        l_disc = nn.functional.cross_entropy(model.discriminator(proj.detach()), cols)
         frozen = {k: v.detach() for k, v in model.discriminator.named_parameters()}
         fooled = functional_call(model.discriminator, frozen, (proj,))  # [N, 3]
         l_adv = -torch.log_softmax(fooled, dim=-1).mean(dim=-1).mean()

@@ -140,10 +140,12 @@ def test_ordering_age_and_truncation() -> None:
         featurize_events(events, NOW, max_events=0)
 
 
-@pytest.mark.parametrize("pooling", ["attention", "gru"])
-def test_encoder_ignores_padding(pooling: str) -> None:
+@pytest.mark.parametrize(
+    ("pooling", "pairs"), [("attention", False), ("gru", False), ("attention", True)]
+)
+def test_encoder_ignores_padding(pooling: str, pairs: bool) -> None:
     torch.manual_seed(0)
-    enc = BehaviourEncoder(BehaviourEncoderConfig(pooling=pooling)).eval()
+    enc = BehaviourEncoder(BehaviourEncoderConfig(pooling=pooling, name_prop_pairs=pairs)).eval()
     history = featurize_events(
         [
             Event("card_payment", ago(hours=3), {"status": "declined"}),
@@ -162,3 +164,18 @@ def test_decay_rates_are_positive_and_learnable() -> None:
     rates = enc.decay_rates(torch.arange(NAME_VOCAB))
     assert (rates > 0).all()
     assert enc.decay.weight.requires_grad
+
+
+def test_name_property_pairs_tell_events_apart() -> None:
+    """The same property on two event names embeds differently with pairs on."""
+    torch.manual_seed(0)
+    enc = BehaviourEncoder(BehaviourEncoderConfig(name_prop_pairs=True)).eval()
+    one = featurize_events([Event("top_up", ago(hours=2), {"status": "pending"})], NOW)
+    other = featurize_events([Event("transfer_sent", ago(hours=2), {"status": "pending"})], NOW)
+    batch = BehaviourTensors.from_batch(collate([one, other]), torch.device("cpu"))
+    assert batch.props[0, 0, 0] == batch.props[1, 0, 0]  # the same key=value token
+    assert enc.pair_emb is not None
+    events = enc.embed_events(batch)  # [2, 1, E]
+    assert not torch.allclose(events[0], events[1])
+    plain = BehaviourEncoder(BehaviourEncoderConfig(name_prop_pairs=False)).eval()
+    assert plain.pair_emb is None

@@ -110,6 +110,41 @@ def test_masked_inputs_do_not_change_z(strategy: str) -> None:
     assert not torch.allclose(model(text, other_speech, beh, unmasked).z[1], base.z[1])
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_late_fusion_ignores_absent_modalities(strategy: str) -> None:
+    torch.manual_seed(0)
+    model = FusionModel(small(strategy, late_fusion=True)).eval()
+    text, speech, beh, masks = inputs()
+    base = model(text, speech, beh, masks)
+    other_text = torch.where(masks[:, :1], text, torch.full_like(text, float("nan")))
+    other_speech = torch.where(masks[:, 1:2], speech, 100 * torch.randn_like(speech))
+    changed = model(other_text, other_speech, beh, masks)
+    torch.testing.assert_close(changed.intent_logits, base.intent_logits)
+    torch.testing.assert_close(changed.emotion_logits, base.emotion_logits)
+    # The experts do speak: without them the logits differ.
+    assert model.experts is not None
+    with torch.no_grad():
+        model.experts.weight.zero_()
+        model.experts.bias.zero_()
+    assert not torch.allclose(model(text, speech, beh, masks).intent_logits, base.intent_logits)
+
+
+def test_all_subsets_cover_every_proper_combination() -> None:
+    model = FusionModel(small("gated", subset_mode="all"))
+    present = torch.ones(2, 3, dtype=torch.bool)
+    present[1, 1] = False
+    subsets = model.all_subsets(present)
+    assert len(subsets) == 6
+    assert {tuple(s[0].tolist()) for s in subsets} == {
+        (a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1) if 0 < a + b + c < 3
+    }
+    assert all(not (s & ~present).any() for s in subsets)
+    pair = FusionModel(small("gated", subset_mode="all", modalities=("text", "behaviour")))
+    assert len(pair.all_subsets(present)) == 2
+    with pytest.raises(ValueError):
+        FusionModelConfig(subset_mode="some")
+
+
 def test_no_modality_gives_zero_gates_and_finite_z() -> None:
     model = FusionModel(small("gated")).eval()
     text, speech, beh, _ = inputs()
@@ -191,6 +226,19 @@ def test_gradients_reach_every_loss_terms_parameters(strategy: str) -> None:
         if not n.startswith("behaviour_enc.gru")
     ]
     assert not silent, silent
+
+
+@pytest.mark.parametrize("subset_mode", ["random", "all"])
+def test_late_fusion_experts_get_gradients(subset_mode: str) -> None:
+    torch.manual_seed(0)
+    cfg = small(
+        "gated", late_fusion=True, subset_mode=subset_mode, label_smoothing=0.1, expert_weight=0.5
+    )
+    model = FusionModel(replace(cfg, modality_dropout=0.0, dropout=0.0)).train()
+    text, speech, beh, masks = inputs()
+    terms = joint_loss(model, model(text, speech, beh, masks), text, beh, *labels())
+    terms.total.backward()  # type: ignore[no-untyped-call]
+    assert _all_nonzero(_grads(model, "experts.")) and _all_nonzero(_grads(model, "fusion."))
 
 
 def test_adversarial_terms_train_disjoint_parameters() -> None:
