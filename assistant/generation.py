@@ -40,7 +40,7 @@ from assistant.knowledge_base import KnowledgeBase, load_knowledge_base
 from assistant.profile_summary import ProfileSummary
 from assistant.prompting import ChainInput, ConversationTurn, build_reply_chain
 from assistant.redaction import redact
-from assistant.replies import stream_chunks
+from assistant.replies import sentence_chunks
 from assistant.retrieval import Embed, KnowledgeRetriever, Passage, build_retriever
 from assistant.understanding import Understanding
 
@@ -259,7 +259,7 @@ class ResponseGenerator:
                 log.warning("reply model %s; the composer answers instead", reason.value)
         if chain is None or reason is not None:
             lead = PARAGRAPH if "".join(sent).strip() else ""
-            chunks = stream_chunks(composed)
+            chunks = sentence_chunks(composed)
             if lead:
                 chunks[0] = lead + chunks[0]
             for piece in chunks:

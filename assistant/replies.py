@@ -1,12 +1,15 @@
-"""How a reply is cut into streamed deltas when it is not produced piece by piece."""
+"""How a finished reply is cut into streamed deltas."""
 
 from __future__ import annotations
 
+import re
 
-def stream_chunks(text: str, words_per_chunk: int = 4) -> list[str]:
-    """Cut a reply into word-aligned pieces whose concatenation is the text."""
-    words = text.split(" ")
-    return [
-        " ".join(words[i : i + words_per_chunk]) + (" " if i + words_per_chunk < len(words) else "")
-        for i in range(0, len(words), words_per_chunk)
-    ]
+
+def sentence_chunks(text: str) -> list[str]:
+    """Cut a finished reply after each sentence; the concatenation is the text.
+
+    A reply the composer wrote at once gains nothing from word-sized deltas, which only
+    multiply frames; a sentence at a time still lets a widget show it progressively.
+    """
+    pieces = [p for p in re.split(r"(?<=[.!?])(?=\s)", text) if p]
+    return pieces or [text]

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from assistant.generation import GenerationRequest
 from assistant.handoff import HandoffState, near_handoff, turn_signal
 from assistant.handoff import release as release_handoff
@@ -333,10 +336,22 @@ class ChatSession:
 
     async def _answer(self, turn: PendingTurn) -> None:
         service = self._service
-        observed, now = await self._observe(turn.text)
+        models = service.models
+        now = datetime.now(UTC)
+        # The profile read overlaps the encoder; fusion and the understanding heads then run
+        # side by side in their own batcher threads.
+        profile_read = asyncio.ensure_future(service.store.get_profile(self.user.id))
+        try:
+            text_vector = await models.encode_text(turn.text)
+        finally:
+            profile = await profile_read
+        events = await self._recent_events()
+        fused, understanding = await asyncio.gather(
+            models.fuse(text_vector, Observation(now=now, text=turn.text, events=events)),
+            self._understand(text_vector, profile),
+        )
+        observed = Observed(text_vector, fused)
         history = await self._recent_turns()
-        profile = await service.store.get_profile(self.user.id)
-        understanding = await self._understand(observed, profile)
         labels = TurnLabels(
             intent=understanding.intent,
             intent_confidence=understanding.confidence,
@@ -352,7 +367,6 @@ class ChatSession:
                 await service.store.apply_profile(self.user.id, change)
             self._remember_turn(turn.record)
             return
-        events = await self._recent_events()
         request = GenerationRequest(
             user_id=self.user.id,
             utterance=turn.text,
@@ -400,14 +414,14 @@ class ChatSession:
             )
         )
 
-    async def _understand(self, observed: Observed, profile: ProfileRecord | None) -> Understanding:
+    async def _understand(
+        self, text_vector: npt.NDArray[np.float32], profile: ProfileRecord | None
+    ) -> Understanding:
         """The intent and emotion models' reading of the message, on the profile before it."""
         models = self._service.models
-        if observed.text_vector is None:
-            return Understanding()
         usable = profile is not None and profile.model_version == models.model_version
         vector = profile.vector if profile is not None and usable else None
-        result = await models.understand(observed.text_vector, vector)
+        result = await models.understand(text_vector, vector)
         return Understanding(
             intent=result.intent,
             confidence=result.intent_confidence,

@@ -129,10 +129,13 @@ class FusionRuntime:
         """The fused vector of one observation, each modality's share in it, and the text's
         own embedding (for retrieval and the understanding heads)."""
         text = await self.encode_text(observation.text) if observation.text else None
-        fused = await self.fusion_batcher.submit(
-            FuseRequest(text, None, observation.events, observation.now)
+        return Observed(text, await self.fuse(text, observation))
+
+    async def fuse(self, text_vector: Vector | None, observation: Observation) -> FuseResult:
+        """The fusion step alone, for callers that already hold the text's embedding."""
+        return await self.fusion_batcher.submit(
+            FuseRequest(text_vector, None, observation.events, observation.now)
         )
-        return Observed(text, fused)
 
     def _understand_batch(self, requests: Sequence[UnderstandRequest]) -> list[UnderstandingResult]:
         return self.understanding.predict_many(
