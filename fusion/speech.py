@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from fusion.audio import TARGET_RATE, resample_to_16k, trim_silence
+from fusion.data_dir import default_data_dir
 from fusion.device import select_device
 from fusion.prosody import PROSODY_DIM, prosody_features
 
@@ -326,10 +326,10 @@ def default_cache_dir() -> Path:
 
 
 def default_ravdess_dir() -> Path:
-    root = os.environ.get("ASSISTANT_DATA_DIR")
-    if not root:
+    root = default_data_dir()
+    if root is None:
         raise RuntimeError("set ASSISTANT_DATA_DIR (the shared data folder) or pass a path")
-    return Path(root) / "ravdess_speech_16k_flac"
+    return root / "ravdess_speech_16k_flac"
 
 
 def _chunks(items: Sequence[RavdessClip], size: int) -> Iterator[Sequence[RavdessClip]]:

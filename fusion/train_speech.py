@@ -36,6 +36,7 @@ from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from fusion.audio import TARGET_RATE, load_flac
+from fusion.data_dir import default_data_dir
 from fusion.device import select_device
 from fusion.prosody import PROSODY_NAMES, prosody_features
 from fusion.speech import (
@@ -82,8 +83,8 @@ def learning_rate(peak: float, progress: float, warmup: float = 0.15) -> float:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    data_root = os.environ.get("ASSISTANT_DATA_DIR")
-    default_data = Path(data_root) / "ravdess_speech_16k_flac" if data_root else None
+    data_root = default_data_dir()
+    default_data = data_root / "ravdess_speech_16k_flac" if data_root else None
     p = argparse.ArgumentParser(prog="python -m fusion.train_speech", description=__doc__)
     p.add_argument("--data", type=Path, default=default_data, help="ravdess_speech_16k_flac dir")
     p.add_argument("--epochs", type=int, default=12)
@@ -102,7 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-card", action="store_true", help="do not write the model card")
     args = p.parse_args(argv)
     if args.data is None:
-        p.error("--data is required when ASSISTANT_DATA_DIR is unset")
+        p.error("--data is required: no ASSISTANT_DATA_DIR and no ../shared/data")
     return args
 
 

@@ -32,6 +32,7 @@ from sklearn.metrics import f1_score  # type: ignore[import-untyped, unused-igno
 from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
+from fusion.data_dir import default_data_dir
 from fusion.device import select_device
 from fusion.text_encoder import EMBEDDING_DIM, TextEncoder, TextEncoderConfig
 from fusion.understanding import (
@@ -68,14 +69,6 @@ OOS_SPLITS = ("oos_train", "oos_val", "oos_test")
 UNSEEN_ACTORS = (19, 20, 21, 22)
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-
-
-def default_data_dir() -> Path | None:
-    env = os.environ.get("ASSISTANT_DATA_DIR")
-    if env:
-        return Path(env)
-    beside = REPO_ROOT.parent / "shared" / "data"
-    return beside if beside.is_dir() else None
 
 
 # ---------------------------------------------------------------------------- data

@@ -41,6 +41,7 @@ from sklearn.metrics import f1_score  # type: ignore[import-untyped, unused-igno
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from fusion.behaviour import BehaviourTensors, collate, featurize_events
+from fusion.data_dir import default_data_dir
 from fusion.device import select_device
 from fusion.inference import WEIGHTS_PATH, save_checkpoint
 from fusion.model import MODALITIES, STRATEGIES, FusionModel, FusionModelConfig, joint_loss
@@ -60,14 +61,6 @@ RUNS_DIR = REPO_ROOT / "var" / "runs"
 DOCS_DIR = REPO_ROOT / "docs"
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-
-
-def default_data_dir() -> Path | None:
-    env = os.environ.get("ASSISTANT_DATA_DIR")
-    if env:
-        return Path(env)
-    beside = REPO_ROOT.parent / "shared" / "data"
-    return beside if beside.is_dir() else None
 
 
 # ---------------------------------------------------------------------------- data and features

@@ -85,6 +85,19 @@ def _audit(row: AuditEntry) -> AuditRecord:
     )
 
 
+def _correction(row: LabelCorrection, text: str) -> LabelCorrectionRecord:
+    return LabelCorrectionRecord(
+        id=row.id,
+        turn_id=row.turn_id,
+        operator_id=row.operator_id,
+        field=cast(LabelField, row.field),
+        old_value=row.old_value,
+        new_value=row.new_value,
+        created_at=row.created_at,
+        text=text,
+    )
+
+
 def _like_prefix(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -418,19 +431,7 @@ class OperatorStore:
                 .limit(limit)
             )
             rows = (await session.execute(stmt)).all()
-        records = [
-            LabelCorrectionRecord(
-                id=c.id,
-                turn_id=c.turn_id,
-                operator_id=c.operator_id,
-                field=cast(LabelField, c.field),
-                old_value=c.old_value,
-                new_value=c.new_value,
-                created_at=c.created_at,
-                text=text,
-            )
-            for c, text in rows
-        ]
+        records = [_correction(c, text) for c, text in rows]
         if not latest_only:
             return records
         latest: dict[tuple[str, str], LabelCorrectionRecord] = {}
@@ -522,16 +523,7 @@ class OperatorStore:
                 )
             ]
             corrections = [
-                LabelCorrectionRecord(
-                    id=c.id,
-                    turn_id=c.turn_id,
-                    operator_id=c.operator_id,
-                    field=cast(LabelField, c.field),
-                    old_value=c.old_value,
-                    new_value=c.new_value,
-                    created_at=c.created_at,
-                    text=text,
-                )
+                _correction(c, text)
                 for c, text in (
                     await session.execute(
                         select(LabelCorrection, Turn.text)
