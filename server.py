@@ -3,7 +3,7 @@
 assistant serve [--host H] [--port P]     (also: python server.py --host H --port P)
 assistant migrate
 assistant refuse                          (after a fusion model upgrade)
-assistant train fusion|speech [ARGS]
+assistant train fusion|speech|intent|emotion [ARGS] [--with-corrections]
 assistant token EXTERNAL_ID [--tenant T] [--ttl S]
 assistant operators create NAME --role viewer|agent|admin   (prints the key once)
 assistant operators list
@@ -275,7 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "train":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return train(args.kind, args.args)
+        try:
+            return train(args.kind, args.args, db_url=settings.db_url)
+        except ValueError as e:
+            print(f"assistant: {e}", file=sys.stderr)
+            return 2
     if command == "operators":
         return _operators(settings, args)
     if command == "token":

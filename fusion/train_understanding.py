@@ -32,6 +32,7 @@ from sklearn.metrics import f1_score  # type: ignore[import-untyped, unused-igno
 from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
+from fusion.corrections import Correction, emotion_rows, intent_rows, read_corrections
 from fusion.data_dir import default_data_dir
 from fusion.device import select_device
 from fusion.text_encoder import EMBEDDING_DIM, TextEncoder, TextEncoderConfig
@@ -155,6 +156,17 @@ def text_features(
     np.save(tmp, out)
     tmp.replace(path)
     return out
+
+
+def _corrections(args: argparse.Namespace) -> list[Correction]:
+    path: Path | None = args.corrections
+    return read_corrections(path) if path is not None else []
+
+
+def _correction_features(texts: Sequence[str], device: torch.device) -> FloatArray:
+    if not texts:
+        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+    return text_features(texts, device, desc="corrections")
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -484,6 +496,10 @@ def train_intent(args: argparse.Namespace, data_dir: Path, device: torch.device)
         }
     }
 
+    corrected = intent_rows(_corrections(args), intents)
+    x_fix = _correction_features(corrected[0], device)
+    report["data"]["corrections"] = {"used": len(corrected[0]), "skipped": corrected[2]}
+
     baseline = logistic_baseline(x_tr, train.labels, args.seed)
     report["baseline_logreg_test_accuracy"] = float((baseline.predict(x_te) == test.labels).mean())
     print(
@@ -502,12 +518,22 @@ def train_intent(args: argparse.Namespace, data_dir: Path, device: torch.device)
     oos_val_member = np.arange(len(x_oos["oos_val"])) % args.members
     for k in tqdm(range(args.members), desc="intent members", unit="member", disable=not progress):
         rows = fold != k
-        x = np.concatenate([x_tr[rows], x_oos["oos_train"]])
-        y = np.concatenate([train.labels[rows], np.full(len(x_oos["oos_train"]), oos)])
+        # Operators' corrections join every member's training rows: they are never held out,
+        # since the out-of-fold predictions only score Banking77's own rows.
+        x = np.concatenate([x_tr[rows], x_oos["oos_train"], x_fix])
+        y = np.concatenate(
+            [train.labels[rows], np.full(len(x_oos["oos_train"]), oos), corrected[1]]
+        )
         member_fit = replace(fit, seed=args.seed * 100 + k)
         # Members are checkpointed by everything that determines them, so a rerun (say, after
         # the fusion weights changed) only redoes the FiLM stage.
-        key = _digest([*train.texts, json.dumps([asdict(trunk_cfg), asdict(member_fit), k])])
+        key = _digest(
+            [
+                *train.texts,
+                *corrected[0],
+                json.dumps([corrected[1].tolist(), asdict(trunk_cfg), asdict(member_fit), k]),
+            ]
+        )
         checkpoint = RUNS_DIR / "members" / f"intent-{key}.pt"
         if checkpoint.exists():
             member = EnsembleMLP(trunk_cfg)
@@ -708,11 +734,15 @@ def train_emotion(args: argparse.Namespace, data_dir: Path, device: torch.device
     text_cfg = EnsembleConfig(members=1, hidden=args.text_hidden, out_dim=len(names))
     fit = FitConfig(epochs=args.text_epochs, seed=args.seed, label_smoothing=0.0)
     targets = soft_targets(split["train"].labels, len(names))
+    fix_texts, fix_targets, skipped = emotion_rows(_corrections(args), names, GOEMOTIONS_TO_SERVICE)
+    report["data"]["corrections"] = {"used": len(fix_texts), "skipped": skipped}
+    x_fit = np.concatenate([x["train"], _correction_features(fix_texts, device)])
+    targets = np.concatenate([targets, fix_targets])
     members = [
         fit_member(
             text_cfg,
             replace(fit, seed=args.seed * 100 + k),
-            x["train"],
+            x_fit,
             targets,
             progress,
             f"text member {k + 1}",
@@ -982,6 +1012,10 @@ def _reproduce(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _corrections_used(report: dict[str, Any]) -> str:
+    return str(report["data"].get("corrections", {}).get("used", 0))
+
+
 def intent_card(report: dict[str, Any], path: Path) -> str:
     t, o, p, v = report["test"], report["oos_test"], report["profile"], report["validation"]
     size = path.stat().st_size / 1e6 if path.exists() else 0.0
@@ -994,6 +1028,7 @@ def intent_card(report: dict[str, Any], path: Path) -> str:
             "frozen MiniLM + logistic regression (C=10), same run",
             _pct(report["baseline_logreg_test_accuracy"]),
         ),
+        ("operators' label corrections among the training rows", _corrections_used(report)),
         (
             "Banking77 test + CLINC150 oos_test: in-scope accuracy",
             _pct(o["in_scope_accuracy"]),
@@ -1080,6 +1115,7 @@ def emotion_card(report: dict[str, Any], path: Path) -> str:
             "same, frozen MiniLM + logistic regression (C=10), same run",
             f"{report['baseline_logreg_ekman_test']['macro_f1']:.3f}",
         ),
+        ("operators' label corrections among the training rows", _corrections_used(report)),
         (
             f"GoEmotions service-7 test, single-label rows ({svt['rows']}): "
             "accuracy / macro-F1 / ECE",
@@ -1162,6 +1198,12 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR, help="where weights go")
     common.add_argument("--no-publish", action="store_true", help="skip weights, cards, docs")
     common.add_argument("--no-progress", action="store_true")
+    common.add_argument(
+        "--corrections",
+        type=Path,
+        default=None,
+        help="CSV of operators' label corrections to train on as well (turn_id,field,label,text)",
+    )
     intent = sub.add_parser("intent", parents=[common], help="intent head (Banking77 + oos)")
     intent.add_argument("--members", type=int, default=5, help="ensemble size = CV folds")
     intent.add_argument("--hidden", type=int, default=1024)
