@@ -21,10 +21,12 @@ import logging
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from http import HTTPStatus
+from typing import Protocol
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -34,15 +36,16 @@ from websockets.http11 import Request, Response
 from assistant import (
     CSP,
     MAX_FRAME_BYTES,
+    METRICS_CONTENT_TYPE,
     ROLES,
     TRAINERS,
-    ChatConnection,
     Models,
-    OperatorConnection,
     ResponseGenerator,
     Runtime,
     Settings,
     SettingsError,
+    VoiceModels,
+    configure_logging,
     create_operator,
     issue_token,
     list_operators,
@@ -55,7 +58,33 @@ from assistant import (
 
 log = logging.getLogger("server")
 
-ROUTES = frozenset({"/chat", "/operator"})
+CLOSE_POLICY = 1008
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
+# After the drain, how long chat connections get to send what they have queued and close.
+CLOSE_GRACE_S = 5.0
+
+ROUTES = frozenset({"/chat", "/operator", "/voice", "/voice/twilio"})
+
+
+class _Floor(logging.Filter):
+    """Drops a logger's records below a level, whatever the configured log level."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+# Libraries that log every frame, or every SQL statement with its parameters, below these
+# levels: that is message text, which never goes to the logs whatever ASSISTANT_LOG_LEVEL says.
+PAYLOAD_FLOORS = {
+    "websockets.server": _Floor(logging.INFO),
+    "aiosqlite": _Floor(logging.INFO),
+    "sqlalchemy.engine.Engine": _Floor(logging.WARNING),
+}
 
 
 class WebSocketTransport:
@@ -64,16 +93,44 @@ class WebSocketTransport:
     def __init__(self, connection: ServerConnection) -> None:
         self._connection = connection
 
-    async def send(self, text: str) -> None:
-        await self._connection.send(text)
+    async def send(self, data: str | bytes) -> None:
+        await self._connection.send(data)
 
     async def close(self, code: int, reason: str) -> None:
         await self._connection.close(code, reason)
 
 
+class RouteConnection(Protocol):
+    """What each route's connection object (chat, operator, ...) offers the I/O loop."""
+
+    @property
+    def started(self) -> bool:
+        """The opening frame (hello, auth, start) was accepted."""
+        ...
+
+    async def on_text(self, text: str) -> None: ...
+
+    async def on_binary(self, data: bytes) -> None: ...
+
+    async def closed(self) -> None: ...
+
+
+def _address(connection: ServerConnection) -> str:
+    remote = connection.remote_address
+    return str(remote[0]) if remote else ""
+
+
 class App:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # Every open WebSocket and its route: for the connections gauge and the drain.
+        self.open: dict[ServerConnection, str] = {}
+        # Open WebSockets per client address, for ASSISTANT_MAX_CONNECTIONS_PER_IP.
+        self.per_address: Counter[str] = Counter()
+
+    def _over_limit(self, address: str) -> bool:
+        limit = self.runtime.settings.max_connections_per_ip
+        return bool(limit) and self.per_address[address] >= limit
 
     async def process_request(
         self, connection: ServerConnection, request: Request
@@ -82,29 +139,71 @@ class App:
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            if await self.runtime.ready():
+            reason = await self.runtime.unready()
+            if reason is None:
                 return connection.respond(HTTPStatus.OK, "ready\n")
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "database unreachable\n")
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{reason}\n")
+        if path == "/metrics":
+            return _page(METRICS_CONTENT_TYPE, self.runtime.metrics.render())
         if path not in ROUTES:
             asset = static_asset(path)
             if asset is not None and request.headers.get("Upgrade") is None:
                 return _page(asset.content_type, asset.body)
             return connection.respond(HTTPStatus.NOT_FOUND, f"no route {path}\n")
+        if self._over_limit(_address(connection)):
+            return connection.respond(
+                HTTPStatus.TOO_MANY_REQUESTS, "too many connections from this address\n"
+            )
         return None
+
+    async def connected(self, connection: ServerConnection) -> None:
+        """websockets' handler: counts the connection by route around `handle`."""
+        route = connection.request.path.partition("?")[0] if connection.request else "/chat"
+        address = _address(connection)
+        if self._over_limit(address):
+            # Handshakes that passed process_request together, beyond the limit.
+            await connection.close(CLOSE_TRY_AGAIN, "too many connections from this address")
+            return
+        self.per_address[address] += 1
+        self.open[connection] = route
+        self.runtime.metrics.opened(route)
+        try:
+            await self.handle(connection)
+        finally:
+            self.runtime.metrics.closed(route)
+            del self.open[connection]
+            self.per_address[address] -= 1
+            if not self.per_address[address]:
+                del self.per_address[address]
 
     async def handle(self, connection: ServerConnection) -> None:
         transport = WebSocketTransport(connection)
         path = connection.request.path.partition("?")[0] if connection.request else "/chat"
+        chat: RouteConnection
         if path == "/operator":
-            chat: ChatConnection | OperatorConnection = self.runtime.operators.connection(transport)
+            chat = self.runtime.operators.connection(transport, _address(connection))
+        elif path == "/voice/twilio":
+            chat = self.runtime.voice.twilio(transport)
+        elif path == "/voice":
+            chat = self.runtime.voice.native(transport)
         else:
             chat = self.runtime.chat.connection(transport)
+        hello_timeout = self.runtime.settings.hello_timeout_s
+        # A connection that never opens its session would hold a slot for nothing.
+        deadline = asyncio.timeout(hello_timeout or None)
         try:
-            async for message in connection:
-                if isinstance(message, str):
-                    await chat.on_text(message)
-                else:
-                    await chat.on_binary(message)
+            async with deadline:
+                async for message in connection:
+                    if isinstance(message, str):
+                        await chat.on_text(message)
+                    else:
+                        await chat.on_binary(message)
+                    if chat.started:
+                        deadline.reschedule(None)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            await connection.close(CLOSE_POLICY, "no hello in time")
         except ConnectionClosed:
             pass
         finally:
@@ -126,9 +225,10 @@ def _page(content_type: str, body: bytes) -> Response:
 
 
 class RunningServer:
-    def __init__(self, server: Server, runtime: Runtime) -> None:
+    def __init__(self, server: Server, app: App) -> None:
         self.server = server
-        self.runtime = runtime
+        self.app = app
+        self.runtime = app.runtime
 
     @property
     def port(self) -> int:
@@ -139,6 +239,24 @@ class RunningServer:
         host = self.runtime.settings.host
         return f"ws://{host}:{self.port}"
 
+    async def drain(self) -> None:
+        """Stop accepting, finish the turns in flight, park the sessions for other replicas
+        and close every connection with 1012, so that clients reconnect and resume."""
+        self.server.server.close()
+        await self.runtime.drain()
+        # The chat connections close after sending the frames they still had queued.
+        closing = [
+            asyncio.create_task(connection.wait_closed())
+            for connection, route in self.app.open.items()
+            if route == "/chat"
+        ]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=CLOSE_GRACE_S)
+            for task in late:
+                task.cancel()
+        self.server.close(code=CLOSE_SERVICE_RESTART, reason="service restart")
+        await self.server.wait_closed()
+
 
 @asynccontextmanager
 async def running(
@@ -146,23 +264,30 @@ async def running(
     *,
     models: Models | None = None,
     generator: ResponseGenerator | None = None,
+    voice: VoiceModels | None = None,
     migrate_db: bool = False,
 ) -> AsyncIterator[RunningServer]:
     """Start the whole server (store, models, routes); stop everything on exit."""
-    runtime = Runtime(settings, models, generator)
+    for name, floor in PAYLOAD_FLOORS.items():
+        if floor not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(floor)
+    runtime = Runtime(settings, models, generator, voice)
     await runtime.start(migrate_db=migrate_db)
     app = App(runtime)
     origins = [None, *settings.allowed_origins] if settings.allowed_origins else None
     try:
         async with serve(
-            app.handle,
+            app.connected,
             settings.host,
             settings.port,
             process_request=app.process_request,
             max_size=MAX_FRAME_BYTES,
             origins=origins,  # type: ignore[arg-type]
+            ping_interval=settings.ping_interval_s or None,
+            ping_timeout=settings.ping_timeout_s or None,
+            close_timeout=settings.close_timeout_s,
         ) as server:
-            yield RunningServer(server, runtime)
+            yield RunningServer(server, app)
             server.close()
             await server.wait_closed()
     finally:
@@ -177,9 +302,13 @@ async def _serve_forever(settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with running(settings) as srv:
+        # Calls should not wait for the speech models: load them before saying we listen.
+        await srv.runtime.voice.load()
         print(f"listening on {srv.url}", flush=True)
         log.info("ready on %s (models on %s)", srv.url, srv.runtime.models.device)
         await stop.wait()
+        log.info("draining")
+        await srv.drain()
         log.info("stopping")
 
 
@@ -255,11 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if v is not None
     }
     settings = replace(settings, **overrides)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format)
     command = args.command or "serve"
     if command == "migrate":
         migrate_database(settings.db_url)

@@ -252,7 +252,8 @@ class ResponseGenerator:
                 reason = FallbackReason.TIMEOUT
             except Exception as exc:  # any model or transport failure: the composer answers
                 reason = FallbackReason.TIMEOUT if _is_timeout(exc) else FallbackReason.ERROR
-                log.warning("reply model failed: %s: %s", type(exc).__name__, exc)
+                # The type only: a model's error text may quote the prompt or its output.
+                log.warning("reply model failed: %s", type(exc).__name__)
             if reason is None and not "".join(sent).strip():
                 reason = FallbackReason.EMPTY
             if reason is not None:

@@ -48,6 +48,7 @@ class OperatorErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     UNAVAILABLE = "unavailable"
+    RATE_LIMITED = "rate_limited"
     INTERNAL = "internal"
 
 

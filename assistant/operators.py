@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from assistant.auth_throttle import AuthThrottle, AuthThrottleConfig
 from assistant.chat import ChatService
+from assistant.cluster_messages import Action, Answer, Call
 from assistant.operator_keys import new_key, parse_key, verify_secret
 from assistant.operator_protocol import (
     Auth,
@@ -46,6 +49,7 @@ from assistant.operator_protocol import (
     encode_cursor,
     parse_operator_frame,
     serialize,
+    to_dict,
 )
 from assistant.operator_roles import allowed, commands_for
 from assistant.operator_views import (
@@ -56,7 +60,7 @@ from assistant.operator_views import (
     turn_json,
     when,
 )
-from assistant.outbox import CLOSE_POLICY, Outbox, Transport
+from assistant.outbox import CLOSE_POLICY, CLOSE_TRY_AGAIN, Outbox, Transport
 from assistant.protocol import OperatorJoined, OperatorLeft, OperatorMessage
 from assistant.redaction import redact
 from assistant.session import ChatSession, LiveTurn, OperatorHold
@@ -82,6 +86,30 @@ class CommandFailed(Exception):
         self.message = message
 
 
+def _live_frame(session_id: str, data: dict[str, Any]) -> SessionTurn | SessionState | None:
+    """A frame another replica published about a session, typed again (None: not one)."""
+    if data.get("type") == "session.turn" and isinstance(data.get("turn"), dict):
+        return SessionTurn(session_id, data["turn"])
+    status, operator = data.get("status"), data.get("operator")
+    if data.get("type") == "session.state" and isinstance(status, str):
+        return SessionState(session_id, status, operator if isinstance(operator, str) else None)
+    return None
+
+
+def _failure(answer: Answer) -> CommandFailed:
+    try:
+        code = OperatorErrorCode(answer.code or "")
+    except ValueError:
+        code = OperatorErrorCode.INTERNAL
+    return CommandFailed(code, answer.message or "the command failed")
+
+
+def _recency(summary: dict[str, Any]) -> tuple[bool, float]:
+    """Sessions waiting for an operator first, then the most recently active."""
+    at = datetime.fromisoformat(summary["last_activity_at"]).timestamp()
+    return (not summary["waiting"], -at)
+
+
 def _live_turn_json(turn: LiveTurn) -> dict[str, Any]:
     return {
         "id": turn.turn_id,
@@ -94,39 +122,93 @@ def _live_turn_json(turn: LiveTurn) -> dict[str, Any]:
 
 
 class OperatorService:
-    """Live operator state: watchers per chat session, and the commands themselves."""
+    """Live operator state: watchers per chat session, and the commands themselves.
 
-    def __init__(self, ops: OperatorStore, chat: ChatService) -> None:
+    A session may be held by another replica: commands then travel to it through the
+    cluster, and watchers here receive what that replica publishes about the session.
+    """
+
+    def __init__(
+        self, ops: OperatorStore, chat: ChatService, throttle: AuthThrottle | None = None
+    ) -> None:
         self.ops = ops
         self.chat = chat
+        self.throttle = throttle or AuthThrottle(AuthThrottleConfig())
+        self.cluster = chat.cluster
         self._watchers: dict[str, set[OperatorConnection]] = {}
         chat.observer = self
+        self.cluster.attach(self)
 
-    def connection(self, transport: Transport) -> OperatorConnection:
-        return OperatorConnection(self, transport)
+    def connection(self, transport: Transport, peer: str = "") -> OperatorConnection:
+        """`peer` is the client's address: failed sign-ins are throttled per address."""
+        return OperatorConnection(self, transport, peer)
 
     # SessionObserver
 
     def on_turn(self, session: ChatSession, turn: LiveTurn) -> None:
-        self._broadcast(session.id, SessionTurn(session.id, _live_turn_json(turn)))
+        self._announce(SessionTurn(session.id, _live_turn_json(turn)))
 
     def on_closed(self, session: ChatSession) -> None:
-        self._broadcast(session.id, SessionState(session.id, "closed"))
+        self._announce(SessionState(session.id, "closed"))
         self._watchers.pop(session.id, None)
+
+    def _announce(self, frame: SessionTurn | SessionState) -> None:
+        """Tell the session's watchers here and on every other replica."""
+        self._broadcast(frame.session_id, frame)
+        data = to_dict(frame, 0)
+        del data["seq"]
+        self.cluster.publish_live(frame.session_id, data)
 
     def _broadcast(self, session_id: str, frame: OperatorServerFrame) -> None:
         for watcher in list(self._watchers.get(session_id, ())):
             watcher.send(frame)
 
-    def watch(self, session_id: str, connection: OperatorConnection) -> None:
-        self._watchers.setdefault(session_id, set()).add(connection)
+    async def watch(self, session_id: str, connection: OperatorConnection) -> None:
+        watchers = self._watchers.setdefault(session_id, set())
+        watchers.add(connection)
+        if len(watchers) == 1:
+            # Followed wherever it is held, so the watch survives a move between replicas.
+            await self.cluster.follow(session_id)
 
-    def unwatch(self, session_id: str, connection: OperatorConnection) -> None:
+    async def unwatch(self, session_id: str, connection: OperatorConnection) -> None:
         watchers = self._watchers.get(session_id)
         if watchers is not None:
             watchers.discard(connection)
             if not watchers:
                 del self._watchers[session_id]
+                await self.cluster.unfollow(session_id)
+
+    # cluster.Replica
+
+    def session_summaries(self) -> dict[str, dict[str, Any]]:
+        return {s.id: self._summary(s) for s in self.chat.sessions.values()}
+
+    def deliver_live(self, session_id: str, frame: dict[str, Any]) -> None:
+        typed = _live_frame(session_id, frame)
+        if typed is not None:
+            self._broadcast(session_id, typed)
+
+    async def handle_call(self, call: Call) -> Answer:
+        """A command from another replica about a session held here (or about a user)."""
+        try:
+            if call.action == "handover":
+                assert call.session_id is not None and call.user_id is not None
+                parked = await self.chat.hand_off(call.session_id, call.user_id)
+                if parked is False:
+                    return Answer(call.id, code="forbidden", message="not that user's session")
+                return Answer(call.id, data={"parked": bool(parked)})
+            if call.action == "end_user":
+                assert call.user_id is not None
+                await self._end_local_sessions(call.user_id)
+                return Answer(call.id, data={})
+            session = self.chat.sessions.get(call.session_id or "")
+            if session is None:
+                return Answer(call.id, code="not_found", message="no live session with that id")
+            return Answer(call.id, data=await self._apply(session, call))
+        except CommandFailed as failed:
+            return Answer(call.id, code=failed.code.value, message=failed.message)
+        except StoreUnavailable:
+            return Answer(call.id, code="unavailable", message="storage is unavailable")
 
     async def authenticate(self, token: str) -> OperatorRecord | None:
         parsed = parse_key(token)
@@ -145,30 +227,86 @@ class OperatorService:
         key, key_hash = await asyncio.to_thread(new_key, operator_id)
         return await self.ops.create_operator(operator_id, name, role, key_hash), key
 
-    def live_session(self, session_id: str) -> ChatSession:
+    async def locate(self, session_id: str) -> dict[str, Any]:
+        """The summary of a live session held here or on another replica."""
         session = self.chat.sessions.get(session_id)
-        if session is None:
+        if session is not None:
+            return self._summary(session)
+        located = await self.cluster.locate(session_id)
+        if located is None:
             raise CommandFailed(OperatorErrorCode.NOT_FOUND, "no live session with that id")
-        return session
+        return located[1]
 
     async def end_sessions_of(self, user_id: str) -> None:
-        """Close the user's live sessions (before their data is erased)."""
+        """Close the user's live sessions on every replica (before their data is erased)."""
+        await self._end_local_sessions(user_id)
+        await self.cluster.call_all(self.cluster.new_call("end_user", user_id=user_id))
+        # Sessions parked for another replica hold the conversation's frames: drop them too.
+        turns = await self.chat.store.list_user_turns(user_id)
+        for conversation_id in {t.conversation_id for t in turns}:
+            await self.cluster.forget(conversation_id)
+
+    async def _end_local_sessions(self, user_id: str) -> None:
         for session in [s for s in self.chat.sessions.values() if s.user.id == user_id]:
             self.chat.sessions.pop(session.id, None)
             await session.close()
 
-    async def take_over(self, session: ChatSession, operator: OperatorRecord) -> None:
+    async def control(self, call: Call) -> dict[str, Any]:
+        """Apply an operator's command to a session, on whichever replica holds it.
+
+        The result carries the session's `user_id` (for the audit log) beside its data.
+        """
+        assert call.session_id is not None
+        session = self.chat.sessions.get(call.session_id)
+        if session is not None:
+            return await self._apply(session, call)
+        located = await self.cluster.locate(call.session_id)
+        if located is None:
+            raise CommandFailed(OperatorErrorCode.NOT_FOUND, "no live session with that id")
+        answer = await self.cluster.call(located[0], call)
+        if answer is None:
+            raise CommandFailed(
+                OperatorErrorCode.UNAVAILABLE, "the replica holding that session did not answer"
+            )
+        if answer.code is not None:
+            raise _failure(answer)
+        return answer.data or {}
+
+    async def _apply(self, session: ChatSession, call: Call) -> dict[str, Any]:
         holder = session.held_by
-        if holder is not None and holder.operator_id != operator.id:
+        result: dict[str, Any] = {"session_id": session.id, "user_id": session.user.id}
+        if call.action == "takeover":
+            assert call.operator_id is not None and call.operator_name is not None
+            await self.take_over(session, OperatorHold(call.operator_id, call.operator_name))
+            return {**result, "status": "operator", "operator": call.operator_name}
+        if call.action == "say":
+            if holder is None or holder.operator_id != call.operator_id:
+                raise CommandFailed(
+                    OperatorErrorCode.CONFLICT, "take the session over first (session.takeover)"
+                )
+            assert call.text is not None
+            return {**result, "turn_id": await self.say(session, call.text)}
+        if call.action == "release":
+            others = holder is not None and holder.operator_id != call.operator_id
+            if others and call.role != "admin":
+                assert holder is not None
+                raise CommandFailed(OperatorErrorCode.CONFLICT, f"{holder.name} holds it")
+            await self.release(session)
+            return {**result, "status": "bot"}
+        raise CommandFailed(OperatorErrorCode.INTERNAL, f"{call.action} is not a session command")
+
+    async def take_over(self, session: ChatSession, operator: OperatorHold) -> None:
+        holder = session.held_by
+        if holder is not None and holder.operator_id != operator.operator_id:
             raise CommandFailed(
                 OperatorErrorCode.CONFLICT, f"{holder.name} has already taken this session over"
             )
         if holder is None:
-            session.held_by = OperatorHold(operator.id, operator.name)
+            session.held_by = operator
             session.waiting_for_operator = False
             await self.chat.store.set_conversation_status(session.id, "operator")
             session.emit(OperatorJoined(name=operator.name))
-            self._broadcast(session.id, SessionState(session.id, "operator", operator.name))
+            self._announce(SessionState(session.id, "operator", operator.name))
 
     async def release(self, session: ChatSession) -> None:
         if session.held_by is None:
@@ -177,37 +315,37 @@ class OperatorService:
         session.released()
         await self.chat.store.set_conversation_status(session.id, "bot")
         session.emit(OperatorLeft())
-        self._broadcast(session.id, SessionState(session.id, "bot"))
+        self._announce(SessionState(session.id, "bot"))
 
-    async def say(self, session: ChatSession, operator: OperatorRecord, text: str) -> str:
+    async def say(self, session: ChatSession, text: str) -> str:
         stored = await self.ops.add_operator_turn(session.id, redact(text))
         session.emit(OperatorMessage(text=text))
         self.on_turn(session, LiveTurn("operator", stored.text, stored.id, stored.created_at))
         session.last_activity = datetime.now(UTC)
         return stored.id
 
-    def live_sessions(self) -> list[dict[str, Any]]:
-        sessions = sorted(
-            self.chat.sessions.values(),
-            key=lambda s: (not s.waiting_for_operator, -s.last_activity.timestamp()),
-        )
-        return [
-            {
-                "session_id": s.id,
-                "user_id": s.user.id,
-                "external_id": s.user.external_id,
-                "name": s.user.name,
-                "channel": s.conversation.channel,
-                "status": "operator" if s.held_by else "bot",
-                "operator": s.held_by.name if s.held_by else None,
-                "waiting": s.waiting_for_operator,
-                "emotion": s.emotion,
-                "intent": s.intent,
-                "connected": s.detached_since is None,
-                "last_activity_at": when(s.last_activity),
-            }
-            for s in sessions
-        ]
+    @staticmethod
+    def _summary(s: ChatSession) -> dict[str, Any]:
+        return {
+            "session_id": s.id,
+            "user_id": s.user.id,
+            "external_id": s.user.external_id,
+            "name": s.user.name,
+            "channel": s.conversation.channel,
+            "status": "operator" if s.held_by else "bot",
+            "operator": s.held_by.name if s.held_by else None,
+            "waiting": s.waiting_for_operator,
+            "emotion": s.emotion,
+            "intent": s.intent,
+            "connected": s.detached_since is None,
+            "last_activity_at": when(s.last_activity),
+        }
+
+    async def live_sessions(self) -> list[dict[str, Any]]:
+        """Live sessions of every replica."""
+        local = self.session_summaries()
+        remote = [s for s in await self.cluster.remote_sessions() if s["session_id"] not in local]
+        return sorted([*local.values(), *remote], key=_recency)
 
 
 Handler = Callable[[Any], Awaitable[dict[str, Any]]]
@@ -216,8 +354,9 @@ Handler = Callable[[Any], Awaitable[dict[str, Any]]]
 class OperatorConnection:
     """One WebSocket on /operator. server.py feeds it frames; it never raises on client input."""
 
-    def __init__(self, service: OperatorService, transport: Transport) -> None:
+    def __init__(self, service: OperatorService, transport: Transport, peer: str = "") -> None:
         self._service = service
+        self._peer = peer
         self._outbox = Outbox(transport)
         self._outbox.start()
         self._seq = 0
@@ -241,7 +380,13 @@ class OperatorConnection:
             OperatorsRevoke: self._operators_revoke,
         }
 
+    @property
+    def started(self) -> bool:
+        return self.operator is not None
+
     def send(self, frame: OperatorServerFrame) -> None:
+        if isinstance(frame, ErrorReply):
+            self._service.chat.metrics.error("/operator", frame.code.value)
         self._seq += 1
         self._outbox.put(serialize(frame, self._seq))
 
@@ -275,28 +420,61 @@ class OperatorConnection:
     async def closed(self) -> None:
         service = self._service
         for session_id in list(self._watching):
-            service.unwatch(session_id, self)
-        # Nobody may be left waiting on an operator who went away: hand those sessions back.
-        for session_id in list(self._holding):
-            session = service.chat.sessions.get(session_id)
-            if session is not None and self.operator is not None:
-                holder = session.held_by
-                if holder is not None and holder.operator_id == self.operator.id:
-                    try:
-                        await service.release(session)
-                    except StoreUnavailable:
-                        log.warning("could not record the release of %s", session_id)
+            await service.unwatch(session_id, self)
+        # Nobody may be left waiting on an operator who went away: hand those sessions back,
+        # wherever they are held. Not when this replica is draining: the operator comes
+        # back through another replica and keeps the sessions.
+        if self.operator is not None and not service.chat.draining:
+            for session_id in list(self._holding):
+                # Without a role the release leaves another operator's hold alone.
+                release = self._call("release", session_id, role=None)
+                try:
+                    await service.control(release)
+                except CommandFailed:
+                    pass  # the session ended, or someone else holds it now
+                except StoreUnavailable:
+                    log.warning(
+                        "could not record a release on disconnect", extra={"session_id": session_id}
+                    )
         await self._outbox.stop()
+
+    def _call(
+        self, action: Action, session_id: str, text: str | None = None, *, role: str | None = ""
+    ) -> Call:
+        """The command as the cluster carries it; `role` "" means this operator's own."""
+        assert self.operator is not None
+        return self._service.cluster.new_call(
+            action,
+            session_id=session_id,
+            operator_id=self.operator.id,
+            operator_name=self.operator.name,
+            role=self.operator.role if role == "" else role,
+            text=text,
+        )
 
     async def _auth(self, frame: Auth) -> None:
         if self.operator is not None:
             self._error(OperatorErrorCode.ALREADY_AUTHENTICATED, "already signed in", frame.id)
             return
+        throttle = self._service.throttle
+        wait_s = throttle.retry_after(self._peer)
+        if wait_s > 0:
+            # Locked out: refused without looking at the key, so guessing costs no scrypt.
+            self._error(
+                OperatorErrorCode.RATE_LIMITED,
+                f"too many failed sign-ins from this address; try again in {math.ceil(wait_s)} s",
+                frame.id,
+            )
+            self._outbox.close_soon(CLOSE_TRY_AGAIN, "rate limited")
+            return
         operator = await self._service.authenticate(frame.token)
         if operator is None:
+            throttle.failed(self._peer)
+            await asyncio.sleep(throttle.config.failure_delay_s)
             self._error(OperatorErrorCode.UNAUTHORIZED, "unknown or revoked key", frame.id)
             self._outbox.close_soon(CLOSE_POLICY, "unauthorized")
             return
+        throttle.succeeded(self._peer)
         self.operator = operator
         self.send(
             Result(
@@ -394,75 +572,58 @@ class OperatorConnection:
         return {"user_id": report.user_id, "rows": report.rows}
 
     async def _sessions(self, frame: SessionsList) -> dict[str, Any]:
-        sessions = self._service.live_sessions()
+        sessions = await self._service.live_sessions()
         await self._audit(frame.type, None, results=len(sessions))
         return {"sessions": sessions}
 
     async def _watch(self, frame: SessionWatch) -> dict[str, Any]:
         service = self._service
-        session = service.live_session(frame.session_id)
-        turns = await service.chat.store.list_turns(session.id)
-        service.watch(session.id, self)
-        self._watching.add(session.id)
-        await self._audit(frame.type, session.user.id, session_id=session.id)
+        summary = await service.locate(frame.session_id)
+        # Watch before reading the history, so that no turn falls between the two.
+        await service.watch(frame.session_id, self)
+        self._watching.add(frame.session_id)
+        turns = await service.chat.store.list_turns(frame.session_id)
+        await self._audit(frame.type, summary["user_id"], session_id=frame.session_id)
         return {
-            "session_id": session.id,
-            "user_id": session.user.id,
-            "status": "operator" if session.held_by else "bot",
-            "operator": session.held_by.name if session.held_by else None,
+            "session_id": frame.session_id,
+            "user_id": summary["user_id"],
+            "status": summary["status"],
+            "operator": summary["operator"],
             "turns": [turn_json(t) for t in turns[-100:]],
         }
 
     async def _unwatch(self, frame: SessionUnwatch) -> dict[str, Any]:
-        self._service.unwatch(frame.session_id, self)
+        await self._service.unwatch(frame.session_id, self)
         self._watching.discard(frame.session_id)
         return {"session_id": frame.session_id}
 
     # live control
 
     async def _takeover(self, frame: SessionTakeover) -> dict[str, Any]:
-        assert self.operator is not None
         service = self._service
-        session = service.live_session(frame.session_id)
-        await service.take_over(session, self.operator)
-        self._holding.add(session.id)
-        if session.id not in self._watching:
-            service.watch(session.id, self)
-            self._watching.add(session.id)
-        await self._audit(frame.type, session.user.id, session_id=session.id)
-        return {"session_id": session.id, "status": "operator", "operator": self.operator.name}
-
-    def _held(self, session_id: str) -> ChatSession:
-        assert self.operator is not None
-        session = self._service.live_session(session_id)
-        holder = session.held_by
-        if holder is None or holder.operator_id != self.operator.id:
-            raise CommandFailed(
-                OperatorErrorCode.CONFLICT, "take the session over first (session.takeover)"
-            )
-        return session
+        result = await service.control(self._call("takeover", frame.session_id))
+        user_id = result.pop("user_id")
+        self._holding.add(frame.session_id)
+        if frame.session_id not in self._watching:
+            await service.watch(frame.session_id, self)
+            self._watching.add(frame.session_id)
+        await self._audit(frame.type, user_id, session_id=frame.session_id)
+        return result
 
     async def _say(self, frame: SessionSay) -> dict[str, Any]:
-        assert self.operator is not None
-        session = self._held(frame.session_id)
-        turn_id = await self._service.say(session, self.operator, frame.text)
-        await self._audit(frame.type, session.user.id, session_id=session.id, turn_id=turn_id)
-        return {"session_id": session.id, "turn_id": turn_id}
+        result = await self._service.control(self._call("say", frame.session_id, frame.text))
+        user_id = result.pop("user_id")
+        await self._audit(
+            frame.type, user_id, session_id=frame.session_id, turn_id=result["turn_id"]
+        )
+        return result
 
     async def _release(self, frame: SessionRelease) -> dict[str, Any]:
-        assert self.operator is not None
-        session = self._service.live_session(frame.session_id)
-        holder = session.held_by
-        if (
-            holder is not None
-            and holder.operator_id != self.operator.id
-            and self.operator.role != "admin"
-        ):
-            raise CommandFailed(OperatorErrorCode.CONFLICT, f"{holder.name} holds it")
-        await self._service.release(session)
-        self._holding.discard(session.id)
-        await self._audit(frame.type, session.user.id, session_id=session.id)
-        return {"session_id": session.id, "status": "bot"}
+        result = await self._service.control(self._call("release", frame.session_id))
+        user_id = result.pop("user_id")
+        self._holding.discard(frame.session_id)
+        await self._audit(frame.type, user_id, session_id=frame.session_id)
+        return result
 
     async def _relabel(self, frame: TurnRelabel) -> dict[str, Any]:
         assert self.operator is not None

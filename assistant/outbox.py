@@ -12,13 +12,15 @@ log = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
+# The server is restarting (draining): reconnect, to any replica, and resume.
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 
 
 class Transport(Protocol):
     """What server.py gives the conversation layer for one WebSocket."""
 
-    async def send(self, text: str) -> None: ...
+    async def send(self, data: str | bytes) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -39,7 +41,8 @@ class Outbox:
 
     def __init__(self, transport: Transport, limit: int = 1000) -> None:
         self._transport = transport
-        self._queue: asyncio.Queue[str | _Close] = asyncio.Queue(maxsize=limit + 1)
+        # Text frames; bytes are binary frames (audio on /voice).
+        self._queue: asyncio.Queue[str | bytes | _Close] = asyncio.Queue(maxsize=limit + 1)
         self._limit = limit
         self._task: asyncio.Task[None] | None = None
         self.closed = False
@@ -47,16 +50,30 @@ class Outbox:
     def start(self) -> None:
         self._task = asyncio.create_task(self._drain(), name="outbox")
 
-    def put(self, text: str) -> None:
+    def put(self, data: str | bytes) -> None:
         if self.closed:
             return
         if self._queue.qsize() >= self._limit:
             log.warning("client not reading: send queue full, disconnecting")
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self.close_soon(CLOSE_TRY_AGAIN, "send queue full")
+            self._abandon(CLOSE_TRY_AGAIN, "send queue full")
             return
-        self._queue.put_nowait(text)
+        self._queue.put_nowait(data)
+
+    def _abandon(self, code: int, reason: str) -> None:
+        """Drop what is queued and close now, without waiting for the drain task: it may be
+        stuck in a send that waits for a peer who never reads (websockets' close is bounded
+        by its close timeout)."""
+        self.closed = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if self._task is not None:
+            self._task.cancel()
+        self._task = asyncio.create_task(self._close(code, reason), name="outbox-close")
+
+    async def _close(self, code: int, reason: str) -> None:
+        # A peer already gone leaves nothing to close.
+        with contextlib.suppress(Exception):
+            await self._transport.close(code, reason)
 
     def close_soon(self, code: int, reason: str) -> None:
         """Close the transport after the frames already queued have been sent."""

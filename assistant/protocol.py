@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     NOT_SUPPORTED = "not_supported"
     OVERLOADED = "overloaded"
+    RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 

@@ -7,13 +7,14 @@ from collections.abc import Callable
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b", re.IGNORECASE)
-_CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
-# International (+ or 00), national with a trunk 0, or ten-digit North American numbers; dates
-# and short amounts do not match.
+# Digits in groups separated by spaces, dashes or dots; the Luhn check decides.
+_CARD = re.compile(r"(?<!\d)\d(?:[ .-]?\d){12,18}(?!\d)")
+# International (+ or 00), national with a trunk 0, or ten-digit North American numbers (with
+# or without their leading 1); dates and short amounts do not match.
 _PHONE = re.compile(
     r"(?<![\w+])(?:(?:\+|00)\d(?:[ ().-]{0,2}\d){6,14}"
     r"|0\d(?:[ ().-]{0,2}\d){8,10}"
-    r"|\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4})(?!\d)"
+    r"|(?:1[ .-]?)?\(?\d{3}\)?[ .-]?\d{3}[ .-]?\d{4})(?!\d)"
 )
 
 

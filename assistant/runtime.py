@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
+from dataclasses import replace
 
+from assistant.auth_throttle import AuthThrottle
 from assistant.chat import ChatConfig, ChatService
+from assistant.cluster import Cluster, ClusterConfig
 from assistant.config import Settings
 from assistant.generation import ResponseGenerator
+from assistant.metrics import Metrics
 from assistant.operators import OperatorService
+from assistant.rate_limits import RateLimiter
 from assistant.refusion import RefuseReport, refuse_all
+from assistant.voice import VoiceConfig, VoiceService
+from assistant.voice_models import VoiceModels, VoiceModelsConfig
 from fusion import BatcherConfig, FusionConfig, FusionRuntime, load_text_generator
+from fusion.asr import AsrConfig
+from fusion.vad import VadConfig
 from profiles import EngineOptions, OperatorStore, Store, migrate
 
 log = logging.getLogger(__name__)
@@ -59,21 +71,67 @@ def build_generator(settings: Settings, models: Models) -> ResponseGenerator:
     )
 
 
+def engine_options(settings: Settings) -> EngineOptions:
+    return EngineOptions(
+        sqlite_synchronous=settings.sqlite_synchronous,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout_s=settings.db_pool_timeout_s,
+        pool_recycle_s=settings.db_pool_recycle_s,
+    )
+
+
+def cluster_config(settings: Settings) -> ClusterConfig:
+    replica_id = settings.replica_id or (
+        f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
+    return ClusterConfig(
+        replica_id,
+        settings.redis_url,
+        settings.redis_prefix,
+        parked_ttl_s=settings.resume_ttl_s,
+    )
+
+
+def voice_config(settings: Settings) -> VoiceConfig:
+    voice = settings.voice
+    asr = AsrConfig(model_path=voice.asr_model, device=settings.device, beam_size=voice.asr_beam)
+    if voice.asr_workers:
+        asr = replace(asr, workers=voice.asr_workers)
+    silence = voice.vad_end_silence_ms
+    base = VadConfig()
+    # A short end-of-speech silence leaves no room for the padding and the early pause.
+    pause = base.pause_ms if base.pause_ms is not None and base.pause_ms < silence else None
+    vad = VadConfig(
+        end_silence_ms=silence,
+        max_utterance_s=voice.vad_max_utterance_s,
+        speech_pad_ms=min(base.speech_pad_ms, silence),
+        pause_ms=pause,
+    )
+    return VoiceConfig(
+        models=VoiceModelsConfig(tts=voice.tts, asr=asr, vad=vad, device=settings.device),
+        send_queue=settings.send_queue,
+    )
+
+
 class Runtime:
-    """Open with `start`, close with `stop`; `models` may be passed in to share loaded weights."""
+    """Open with `start`, close with `stop`; `models` (and `voice`, the speech models) may be
+    passed in to share loaded weights; otherwise the speech models load with the first call."""
 
     def __init__(
         self,
         settings: Settings,
         models: Models | None = None,
         generator: ResponseGenerator | None = None,
+        voice: VoiceModels | None = None,
     ) -> None:
         self.settings = settings
         self._own_models = models is None
         self.models = models or load_models(settings)
-        self.store = Store.open(
-            settings.db_url, EngineOptions(sqlite_synchronous=settings.sqlite_synchronous)
-        )
+        self.store = Store.open(settings.db_url, engine_options(settings))
+        self.metrics = Metrics()
+        self.cluster = Cluster(cluster_config(settings))
+        shared = self.cluster.count if settings.redis_url else None
         self.chat = ChatService(
             self.store,
             self.models,
@@ -81,10 +139,24 @@ class Runtime:
                 widget_secret=settings.widget_secret,
                 resume_ttl_s=settings.resume_ttl_s,
                 replay_frames=settings.replay_frames,
+                send_queue=settings.send_queue,
+                handover_timeout_s=settings.drain_timeout_s,
             ),
             generator,
+            cluster=self.cluster,
+            limiter=RateLimiter(settings.rate, shared),
+            metrics=self.metrics,
         )
-        self.operators = OperatorService(OperatorStore(self.store), self.chat)
+        self.operators = OperatorService(
+            OperatorStore(self.store), self.chat, AuthThrottle(settings.auth)
+        )
+        self.voice = VoiceService(self.chat, voice_config(settings), settings.widget_secret, voice)
+        self.metrics.watch(
+            sessions=lambda: len(self.chat.sessions),
+            redis_up=lambda: self.cluster.up,
+            batchers=lambda: self.models.batchers,
+        )
+        self._started = False
 
     async def start(self, *, migrate_db: bool = False) -> None:
         if migrate_db:
@@ -97,12 +169,30 @@ class Runtime:
             )
         self.models.start()
         self.chat.start()
+        await self.cluster.start()
+        self._started = True
 
     async def stop(self) -> None:
+        await self.voice.stop()
         await self.chat.stop()
+        await self.cluster.stop()
         if self._own_models:
             await self.models.stop()
         await self.store.close()
 
-    async def ready(self) -> bool:
-        return await self.store.ping()
+    async def drain(self) -> None:
+        """SIGTERM: finish the turns in flight, park the sessions for other replicas."""
+        self.metrics.draining.set(1)
+        # Calls cannot move to another replica: they end first, with their turns stored.
+        await self.voice.drain()
+        await self.chat.drain(self.settings.drain_timeout_s)
+
+    async def unready(self) -> str | None:
+        """Why this replica should get no traffic now (None: ready)."""
+        if not self._started:
+            return "models loading"
+        if self.chat.draining:
+            return "draining"
+        if not await self.store.ping():
+            return "database unreachable"
+        return None

@@ -20,14 +20,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from assistant.cluster_messages import SessionSnapshot
 from assistant.generation import GenerationRequest
 from assistant.handoff import HandoffState, near_handoff, turn_signal
 from assistant.handoff import release as release_handoff
 from assistant.handoff import step as step_handoff
-from assistant.outbox import CLOSE_NORMAL, Outbox
+from assistant.logs import bind_ids
+from assistant.outbox import CLOSE_NORMAL, CLOSE_TRY_AGAIN, Outbox
 from assistant.profile_summary import summarize_profile
 from assistant.prompting import ConversationTurn
 from assistant.protocol import (
+    Ack,
     EmotionLabel,
     ErrorCode,
     ErrorFrame,
@@ -38,13 +41,23 @@ from assistant.protocol import (
     serialize,
 )
 from assistant.understanding import Understanding
-from fusion import FuseResult, Observation, Observed, Overloaded, ProfileState
+from fusion import (
+    FuseResult,
+    Observation,
+    Observed,
+    Overloaded,
+    ProfileState,
+    TurnInput,
+    TurnReading,
+    UnderstandingResult,
+)
 from profiles import (
     ConversationRecord,
     EventRecord,
     NewEvent,
     ProfileRecord,
     ProfileUpdate,
+    StoredFrame,
     StoreUnavailable,
     TurnLabels,
     TurnRecord,
@@ -61,12 +74,40 @@ WINDOW_TURNS = 8
 
 
 @dataclass(frozen=True, slots=True)
+class TurnRead:
+    """The models' reading of a message and what they read besides its text."""
+
+    reading: TurnReading
+    profile: ProfileRecord | None  # before the message
+    events: list[EventRecord | _SeenEvent]
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class PendingTurn:
     turn_id: str
     client_id: str
     text: str
     received: float  # time.perf_counter() when the frame arrived
     record: TurnRecord  # as stored: redacted text
+    # A spoken turn's speech features (fusion.speech.SpeechFeaturizer): fusion and the
+    # emotion head hear how it was said.
+    speech: npt.NDArray[np.float32] | None = None
+    # The models' work on the message when it started as the message arrived.
+    reading: asyncio.Future[TurnRead] | None = None
+    # Answered again after a restart: the client may have seen some of an earlier answer's
+    # deltas, so this one sends only the complete reply.
+    recovered: bool = False
+
+
+@dataclass(slots=True)
+class _Unsent:
+    """A frame emitted and not sent yet; `ready` once stored (or at once, for a delta or an
+    ack)."""
+
+    seq: int
+    text: str
+    ready: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +124,13 @@ class _SeenEvent:
 @dataclass(frozen=True, slots=True)
 class PendingBehaviour:
     """New behaviour events to fold into the profile; many event frames share one job."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """Set by the turn worker once every job queued before it has been handled."""
+
+    reached: asyncio.Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +184,15 @@ class ChatSession:
         self.conversation = conversation
         self._service = service
         self._seq = 0
+        # The last frame the journal has stored, and the frames not sent yet, oldest first.
+        self._stored_seq = 0
+        self._all_stored = asyncio.Event()
+        self._all_stored.set()
+        self._unsent: deque[_Unsent] = deque()
+        self._replay_frames = replay_frames
         self._log: deque[tuple[int, str]] = deque(maxlen=replay_frames)
         self._outbox: Outbox | None = None
-        self._turns: asyncio.Queue[PendingTurn | PendingBehaviour] = asyncio.Queue(
+        self._turns: asyncio.Queue[PendingTurn | PendingBehaviour | _Settled] = asyncio.Queue(
             maxsize=max_pending_turns + 1
         )
         self._max_pending_turns = max_pending_turns
@@ -146,6 +200,11 @@ class ChatSession:
         self._events: dict[str, EventRecord | _SeenEvent] | None = None
         # This conversation's turns, newest last: read once, then kept in memory.
         self._turns_seen: deque[TurnRecord] | None = None
+        # The user's profile as this session last read or wrote it (`_profile_known`): the
+        # next turn's heads are conditioned on it without a read.
+        self._profile: ProfileRecord | None = None
+        self._profile_known = False
+        self._answering = False
         self._handoff = HandoffState()
         self._worker = asyncio.create_task(self._run_turns(), name=f"turns-{self.id}")
         self.detached_since: float | None = time.monotonic()
@@ -155,6 +214,8 @@ class ChatSession:
         self.intent: str | None = None
         self.emotion: str | None = None
         self.last_activity = datetime.now(UTC)
+        # Told every frame the session emits: a voice call speaks replies instead of a socket.
+        self.listener: Callable[[ServerFrame], None] | None = None
 
     @property
     def last_seq(self) -> int:
@@ -165,15 +226,58 @@ class ChatSession:
         return self._turns.qsize() < self._max_pending_turns
 
     def emit(self, frame: ServerFrame) -> int:
-        """Number the frame, keep it for replay and send it if a client is attached."""
+        """Number the frame and journal it; it is kept for replay and sent in order once
+        stored, so that a restart never loses a frame a client has seen. A reply delta may
+        go before it is stored (a restart that loses it answers that turn again in full), and
+        so may an ack: the message it acknowledges is committed already, and a client that
+        misses an ack resends the message, which the server acks again."""
         self._seq += 1
-        text = serialize(frame, self._seq)
-        self._log.append((self._seq, text))
-        if self._outbox is not None:
-            self._outbox.put(text)
+        unsent = _Unsent(
+            self._seq, serialize(frame, self._seq), isinstance(frame, ReplyDelta | Ack)
+        )
+        self._unsent.append(unsent)
+        self._all_stored.clear()
+        service = self._service
+        service.journal.append(
+            StoredFrame(self.id, unsent.seq, unsent.text), lambda: self._stored(unsent)
+        )
+        self._send_ready()
+        if unsent.seq - self._stored_seq > service.config.send_queue and self._outbox:
+            # The database is not keeping up (an outage): stop taking frames from this client.
+            self._outbox.close_soon(CLOSE_TRY_AGAIN, "frames are waiting to be stored")
         if isinstance(frame, Reply):
             self._replied(frame)
+        elif isinstance(frame, ErrorFrame):
+            self._service.metrics.error("/chat", frame.code.value)
+        if self.listener is not None:
+            self.listener(frame)
         return self._seq
+
+    def _stored(self, unsent: _Unsent) -> None:
+        """The journal stored a frame (it stores them in the order they were emitted)."""
+        seq = self._stored_seq = unsent.seq
+        unsent.ready = True
+        self._send_ready()
+        if seq == self._seq:
+            self._all_stored.set()
+        if seq % self._replay_frames == 0:
+            self._service.journal.prune(self.id, below=seq - self._replay_frames + 1)
+
+    def _send_ready(self) -> None:
+        while self._unsent and self._unsent[0].ready:
+            unsent = self._unsent.popleft()
+            self._log.append((unsent.seq, unsent.text))
+            if self._outbox is not None:
+                self._outbox.put(unsent.text)
+
+    def resume_from(self, frames: Sequence[StoredFrame], last_seq: int) -> None:
+        """Continue, after a restart, the stream the journal kept: same numbering, same log.
+
+        The client may have seen reply deltas that were not stored (`last_seq` beyond the
+        journal): numbering goes on after them, so it sees no number twice.
+        """
+        self._log.extend((f.seq, f.body) for f in frames)
+        self._seq = self._stored_seq = max(frames[-1].seq if frames else 0, last_seq)
 
     def _replied(self, reply: Reply) -> None:
         if reply.handoff:
@@ -221,6 +325,19 @@ class ChatSession:
     def enqueue(self, turn: PendingTurn) -> None:
         self._turns.put_nowait(turn)
 
+    def start_reading(
+        self, text: str, speech: npt.NDArray[np.float32] | None = None
+    ) -> asyncio.Future[TurnRead] | None:
+        """Start the models on a message while it is being stored, when the session holds
+        what they read besides the text and no earlier message is still being answered (that
+        one's profile update comes first). The caller hands the future to the turn it enqueues,
+        or cancels it."""
+        if not self._profile_known or self._events is None:
+            return None
+        if self._answering or not self._turns.empty() or self.held_by is not None:
+            return None
+        return asyncio.ensure_future(self._read(text, datetime.now(UTC), speech))
+
     def events_stored(self, count: int) -> None:
         """Fold `count` newly stored events into the profile, after any turn already queued."""
         if count <= 0:
@@ -231,21 +348,67 @@ class ChatSession:
             # The queue keeps one slot beyond the turn limit, and only one of these waits.
             self._turns.put_nowait(PendingBehaviour())
 
-    async def close(self) -> None:
+    async def settle(self) -> None:
+        """Wait until every turn and behaviour update queued so far has been handled."""
+        settled = _Settled(asyncio.Event())
+        await self._turns.put(settled)
+        await settled.reached.wait()
+        await self._all_stored.wait()
+
+    async def close(
+        self, code: int = CLOSE_NORMAL, reason: str = "session closed", *, ended: bool = True
+    ) -> None:
+        """Stop the session here; `ended=False` when it moves to another replica."""
         observer = self._service.observer
-        if observer is not None:
+        if observer is not None and ended:
             observer.on_closed(self)
         self._worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
+        while not self._turns.empty():
+            job = self._turns.get_nowait()
+            if isinstance(job, PendingTurn) and job.reading is not None:
+                job.reading.cancel()
         if self._outbox is not None:
-            self._outbox.close_soon(CLOSE_NORMAL, "session closed")
+            self._outbox.close_soon(code, reason)
             self._outbox = None
 
+    def snapshot(self) -> SessionSnapshot:
+        """What another replica needs to continue the session (after `settle`)."""
+        holder = self.held_by
+        return SessionSnapshot(
+            session_id=self.id,
+            user_id=self.user.id,
+            # Frames not stored yet were never sent: the next replica numbers from here.
+            seq=self._stored_seq,
+            frames=tuple(self._log),
+            operator_id=holder.operator_id if holder else None,
+            operator_name=holder.name if holder else None,
+            waiting=self.waiting_for_operator,
+            intent=self.intent,
+            emotion=self.emotion,
+        )
+
+    def restore(self, snapshot: SessionSnapshot) -> None:
+        """Continue a session parked by another replica: same numbering, same replay log."""
+        self._seq = self._stored_seq = snapshot.seq
+        self._log.extend(snapshot.frames)
+        if snapshot.operator_id is not None:
+            self.held_by = OperatorHold(snapshot.operator_id, snapshot.operator_name or "")
+        self.waiting_for_operator = snapshot.waiting
+        self.intent = snapshot.intent
+        self.emotion = snapshot.emotion
+
     async def _run_turns(self) -> None:
+        bind_ids(session_id=self.id, user_id=self.user.id)
         while True:
             job = await self._turns.get()
+            if isinstance(job, _Settled):
+                job.reached.set()
+                continue
             if self.held_by is not None and isinstance(job, PendingTurn):
+                if job.reading is not None:
+                    job.reading.cancel()
                 continue  # an operator answers this one
             if isinstance(job, PendingBehaviour):
                 count, self._new_events = self._new_events, 0
@@ -257,6 +420,7 @@ class ChatSession:
                 except Exception:
                     log.exception("behaviour update failed", extra={"session_id": self.id})
                 continue
+            self._answering = True
             try:
                 await self._answer(job)
             except StoreUnavailable:
@@ -268,6 +432,8 @@ class ChatSession:
             except Exception:
                 log.exception("turn failed", extra={"session_id": self.id})
                 self.emit(ErrorFrame(ErrorCode.INTERNAL, "the turn failed", job.client_id))
+            finally:
+                self._answering = False
 
     async def _recent_events(self) -> list[EventRecord | _SeenEvent]:
         """The user's latest events: read once per session, then kept up to date in memory."""
@@ -290,6 +456,29 @@ class ChatSession:
         if len(self._events) > limit:
             newest = sorted(self._events.values(), key=lambda e: e.occurred_at)[-limit:]
             self._events = {e.client_id: e for e in newest}
+
+    async def _profile_before(self) -> ProfileRecord | None:
+        if not self._profile_known:
+            self._profile = await self._service.store.get_profile(self.user.id)
+            self._profile_known = True
+        return self._profile
+
+    def _saved(self, profile: ProfileRecord | None) -> None:
+        if profile is not None:
+            self._profile, self._profile_known = profile, True
+
+    async def _read(
+        self, text: str, now: datetime, speech: npt.NDArray[np.float32] | None = None
+    ) -> TurnRead:
+        models = self._service.models
+        profile = await self._profile_before()
+        events = await self._recent_events()
+        # A vector from another fusion model lives in another space: the heads get none.
+        usable = profile is not None and profile.model_version == models.model_version
+        reading = await models.read_turn(
+            TurnInput(text, profile.vector if profile and usable else None, events, now, speech)
+        )
+        return TurnRead(reading, profile, events, now)
 
     async def _observe(self, text: str | None) -> tuple[Observed, datetime]:
         now = datetime.now(UTC)
@@ -332,25 +521,14 @@ class ChatSession:
         observed, now = await self._observe(None)
         change = self._profile_change(observed.fused, now, "behaviour", events=count)
         async with self._service.user_lock(self.user.id):
-            await self._service.store.apply_profile(self.user.id, change)
+            self._saved(await self._service.store.apply_profile(self.user.id, change))
 
     async def _answer(self, turn: PendingTurn) -> None:
         service = self._service
-        models = service.models
-        now = datetime.now(UTC)
-        # The profile read overlaps the encoder; fusion and the understanding heads then run
-        # side by side in their own batcher threads.
-        profile_read = asyncio.ensure_future(service.store.get_profile(self.user.id))
-        try:
-            text_vector = await models.encode_text(turn.text)
-        finally:
-            profile = await profile_read
-        events = await self._recent_events()
-        fused, understanding = await asyncio.gather(
-            models.fuse(text_vector, Observation(now=now, text=turn.text, events=events)),
-            self._understand(text_vector, profile),
-        )
-        observed = Observed(text_vector, fused)
+        read = await (turn.reading or self._read(turn.text, datetime.now(UTC), turn.speech))
+        profile, events, now = read.profile, read.events, read.now
+        understanding = _understanding(read.reading.understanding)
+        observed = Observed(read.reading.text_vector, read.reading.fused)
         history = await self._recent_turns()
         labels = TurnLabels(
             intent=understanding.intent,
@@ -360,11 +538,14 @@ class ChatSession:
         )
         self._handoff, decision = step_handoff(self._handoff, turn_signal(turn.text, understanding))
         change = self._profile_change(observed.fused, now, "turn", turns=1)
+        # What the write below will store, unless another session of the user writes first:
+        # the next message's models can start on it before the write commits.
+        self._profile = _predicted(self.user.id, profile, change(profile), labels, now)
         if not decision.answer:
             # Waiting for an operator: the turn is stored, the profile learns, the bot is quiet.
             async with service.user_lock(self.user.id):
                 await service.store.label_turn(turn.turn_id, labels)
-                await service.store.apply_profile(self.user.id, change)
+                self._saved(await service.store.apply_profile(self.user.id, change))
             self._remember_turn(turn.record)
             return
         request = GenerationRequest(
@@ -381,19 +562,9 @@ class ChatSession:
         )
         stream = service.generator.stream(request)
         async for piece in stream:
-            self.emit(ReplyDelta(turn_id=turn.turn_id, text=piece))
+            if not turn.recovered:
+                self.emit(ReplyDelta(turn_id=turn.turn_id, text=piece))
         text = stream.result.text
-        # Turns of one user in several sessions of this process take turns on the profile row.
-        async with service.user_lock(self.user.id):
-            reply = await service.store.finish_turn(
-                turn.turn_id,
-                labels=labels,
-                reply_text=text,
-                latency_ms=(time.perf_counter() - turn.received) * 1000.0,
-                profile=change,
-            )
-        self._remember_turn(turn.record)
-        self._remember_turn(reply)
         intent = (
             IntentLabel(understanding.intent, understanding.confidence)
             if understanding.intent is not None and understanding.confidence is not None
@@ -404,6 +575,9 @@ class ChatSession:
             if understanding.emotion is not None
             else None
         )
+        # The reply goes out before its transaction: the client's message was durable when
+        # acked; what the server writes now (labels, the reply turn, the profile) commits
+        # before this session's next turn is answered.
         self.emit(
             Reply(
                 turn_id=turn.turn_id,
@@ -413,23 +587,60 @@ class ChatSession:
                 handoff=decision.handoff,
             )
         )
-
-    async def _understand(
-        self, text_vector: npt.NDArray[np.float32], profile: ProfileRecord | None
-    ) -> Understanding:
-        """The intent and emotion models' reading of the message, on the profile before it."""
-        models = self._service.models
-        usable = profile is not None and profile.model_version == models.model_version
-        vector = profile.vector if profile is not None and usable else None
-        result = await models.understand(text_vector, vector)
-        return Understanding(
-            intent=result.intent,
-            confidence=result.intent_confidence,
-            top2=(result.top2[0], result.top2[1]) if len(result.top2) == 2 else None,
-            emotion=result.emotion,
-            emotion_scores=result.emotion_scores,
-        )
+        latency_ms = (time.perf_counter() - turn.received) * 1000.0
+        service.metrics.turn_answered(latency_ms / 1000.0)
+        self._answering = False
+        # The reply frame is journaled (and sent) before the turn's rows take the database:
+        # the client has its reply one commit sooner. A restart in between finds the stored
+        # reply frame and does not answer the message again (assistant/recovery.py).
+        await self._all_stored.wait()
+        # Turns of one user in several sessions of this process take turns on the profile row.
+        async with service.user_lock(self.user.id):
+            finished = await service.store.finish_turn(
+                turn.turn_id,
+                labels=labels,
+                reply_text=text,
+                latency_ms=latency_ms,
+                profile=change,
+            )
+        self._saved(finished.profile)
+        self._remember_turn(turn.record)
+        self._remember_turn(finished.reply)
 
     def _remember_turn(self, turn: TurnRecord) -> None:
         if self._turns_seen is not None:
             self._turns_seen.append(turn)
+
+
+def _understanding(result: UnderstandingResult) -> Understanding:
+    return Understanding(
+        intent=result.intent,
+        confidence=result.intent_confidence,
+        top2=(result.top2[0], result.top2[1]) if len(result.top2) == 2 else None,
+        emotion=result.emotion,
+        emotion_scores=result.emotion_scores,
+    )
+
+
+def _predicted(
+    user_id: str,
+    before: ProfileRecord | None,
+    update: ProfileUpdate,
+    labels: TurnLabels,
+    now: datetime,
+) -> ProfileRecord:
+    """The profile `Store.finish_turn` writes for `update` over `before`, computed here."""
+    histogram = dict(before.intent_histogram) if before else {}
+    if labels.intent is not None:
+        histogram[labels.intent] = int(histogram.get(labels.intent, 0)) + 1
+    return ProfileRecord(
+        user_id=user_id,
+        vector=update.vector,
+        model_version=update.model_version,
+        turn_count=(before.turn_count if before else 0) + update.turns,
+        event_count=(before.event_count if before else 0) + update.events,
+        emotion_state=before.emotion_state if before else None,
+        intent_histogram=histogram,
+        modality_contributions=dict(update.modality_contributions),
+        updated_at=now,
+    )

@@ -63,6 +63,7 @@ from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: E402
 
 from assistant import Models, Settings, load_models  # noqa: E402
+from assistant.rate_limits import RateLimits  # noqa: E402
 from server import running  # noqa: E402
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -289,7 +290,14 @@ async def bench(turns: int, device: DeviceChoice, db_url: str | None) -> Figures
     load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="chat-latency-") as tmp:
         url = db_url or f"sqlite+aiosqlite:///{Path(tmp) / 'assistant.db'}"
-        settings = Settings(host="127.0.0.1", port=0, db_url=url, device=device)
+        # One client sending as fast as replies come is what the rate limits exist to stop.
+        settings = Settings(
+            host="127.0.0.1",
+            port=0,
+            db_url=url,
+            device=device,
+            rate=RateLimits(per_connection=0, per_user=0),
+        )
         try:
             models = load_models(settings)
         except Exception as exc:

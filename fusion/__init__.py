@@ -1,20 +1,40 @@
 """The neural side: encoders, fusion, profile updates, micro-batching and device handling."""
 
+from fusion.asr import AsrConfig, SpeechRecognizer, Transcript, TurnTranscriber, word_error_rate
+from fusion.audio import StreamResampler
 from fusion.batcher import BatcherConfig, BatcherStats, MicroBatcher, Overloaded
 from fusion.behaviour import EVENT_CATALOGUE, EventLike
 from fusion.chat_lm import LocalCausalLM, load_text_generator
 from fusion.device import select_device
 from fusion.inference import FuseRequest, FuseResult, FusionInference
 from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_profile, update_state
-from fusion.runtime import FusionConfig, FusionRuntime, Observation, Observed
+from fusion.runtime import (
+    FusionConfig,
+    FusionRuntime,
+    Observation,
+    Observed,
+    TurnInput,
+    TurnReading,
+)
 from fusion.text_encoder import EMBEDDING_DIM, TextEncoder, TextEncoderConfig
 from fusion.understanding import OUT_OF_SCOPE, SERVICE_EMOTIONS, UnderstandingResult
+from fusion.vad import (
+    SpeechDiscarded,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechStarted,
+    VadConfig,
+    VadEvent,
+    VadModel,
+    VadStream,
+)
 
 __all__ = [
     "EMBEDDING_DIM",
     "EVENT_CATALOGUE",
     "OUT_OF_SCOPE",
     "SERVICE_EMOTIONS",
+    "AsrConfig",
     "BatcherConfig",
     "BatcherStats",
     "EventLike",
@@ -30,11 +50,26 @@ __all__ = [
     "Overloaded",
     "ProfileState",
     "ProfileUpdateConfig",
+    "SpeechDiscarded",
+    "SpeechEnded",
+    "SpeechPaused",
+    "SpeechRecognizer",
+    "SpeechStarted",
+    "StreamResampler",
     "TextEncoder",
     "TextEncoderConfig",
+    "Transcript",
+    "TurnInput",
+    "TurnReading",
+    "TurnTranscriber",
     "UnderstandingResult",
+    "VadConfig",
+    "VadEvent",
+    "VadModel",
+    "VadStream",
     "load_text_generator",
     "select_device",
     "update_profile",
     "update_state",
+    "word_error_rate",
 ]

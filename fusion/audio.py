@@ -6,6 +6,8 @@ speech encoder and the prosody features both expect float32 mono at 16 kHz in [-
 
 from __future__ import annotations
 
+import functools
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -60,6 +62,147 @@ def mulaw_encode(wave: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     mantissa = (magnitude >> (exponent + 3)) & 0x0F
     codes: npt.NDArray[np.uint8] = (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
     return codes
+
+
+def pcm16_decode(data: bytes | bytearray | memoryview) -> FloatArray:
+    """Little-endian signed 16-bit PCM bytes to float32 in [-1, 1)."""
+    raw = bytes(data)
+    if len(raw) % 2:
+        raise ValueError("pcm16 audio must have an even number of bytes")
+    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+
+
+def pcm16_encode(wave: npt.ArrayLike) -> bytes:
+    """float in [-1, 1] to little-endian signed 16-bit PCM bytes (rounded, clipped): the
+    inverse of `pcm16_decode` to half a quantisation step."""
+    x = np.round(np.asarray(wave, dtype=np.float64) * 32768.0)
+    return np.clip(x, -32768, 32767).astype("<i2").tobytes()
+
+
+@functools.lru_cache(maxsize=32)
+def _resampler(from_rate: int, to_rate: int) -> torchaudio.transforms.Resample:
+    # torchaudio.transforms.Resample computes its windowed-sinc kernel once at construction;
+    # functional.resample would rebuild it on every call, which dominates on 20 ms chunks.
+    return torchaudio.transforms.Resample(from_rate, to_rate)
+
+
+def _check_rates(from_rate: int, to_rate: int) -> None:
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+
+
+def resample(wave: npt.ArrayLike, from_rate: int, to_rate: int) -> FloatArray:
+    """Band-limited resampling of mono float audio (torchaudio's windowed sinc, the kernel of
+    `torchaudio.functional.resample`, cached per rate pair).
+
+    For whole signals. A stream cut into 20 ms chunks should go through `StreamResampler`:
+    resampling each chunk on its own pads both ends with zeros and leaves a click at every
+    chunk boundary.
+    """
+    _check_rates(from_rate, to_rate)
+    x = np.asarray(wave, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"expected mono audio of shape [N], got {x.shape}")
+    if from_rate == to_rate or x.size == 0:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    with torch.inference_mode():
+        out = _resampler(from_rate, to_rate)(torch.from_numpy(np.ascontiguousarray(x)))
+    return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+
+
+class StreamResampler:
+    """`resample` for a stream fed in chunks, with the same kernel and no seams.
+
+    Output block k (the `new` output samples of one `orig`-sample input block, rates reduced by
+    their gcd) depends on the input from k*orig - width to (k+1)*orig + width. The resampler
+    keeps that much left context and emits a block as soon as its right context has arrived, so
+    it holds back `width + orig` input samples at most (1 ms for 8 -> 16 kHz). Concatenating
+    every `process` output and `flush` gives exactly `resample` of the whole signal.
+
+    One instance per stream; not thread-safe. Memory is bounded by the kernel width plus the
+    largest chunk.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        _check_rates(from_rate, to_rate)
+        self.from_rate = from_rate
+        self.to_rate = to_rate
+        self._identity = from_rate == to_rate
+        gcd = math.gcd(from_rate, to_rate)
+        self._orig = from_rate // gcd
+        self._new = to_rate // gcd
+        if not self._identity:
+            module = _resampler(from_rate, to_rate)
+            # [new phases, taps]: torchaudio's kernel, the one resample() applies.
+            self._kernel: FloatArray = np.ascontiguousarray(
+                module.kernel[:, 0, :].numpy(), dtype=np.float32
+            )
+            self._width: int = int(module.width)
+        else:
+            self._width = 0
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # absolute input index of _buf[0]
+        self._next_block = 0  # next output block to emit
+        self._fed = 0  # input samples fed so far
+        self._emitted = 0  # output samples emitted so far
+
+    @property
+    def delay_samples(self) -> int:
+        """Input samples held back at most, waiting for the kernel's right context."""
+        return 0 if self._identity else self._width + self._orig
+
+    @property
+    def buffered(self) -> int:
+        """Input samples currently held (context plus not yet emitted)."""
+        return int(self._buf.shape[0])
+
+    def _emit(self, available_end: int) -> FloatArray:
+        o, w = self._orig, self._width
+        last = (available_end - o - w) // o  # last block whose right context is in
+        if last < self._next_block:
+            return np.zeros(0, dtype=np.float32)
+        lo = self._next_block * o - w
+        hi = last * o + o + w
+        segment = self._buf[max(lo, self._buf_start) - self._buf_start : hi - self._buf_start]
+        if lo < self._buf_start:  # before the stream began: zeros, as resample() pads
+            segment = np.concatenate([np.zeros(self._buf_start - lo, np.float32), segment])
+        # Polyphase filtering as one small matmul in numpy: torch's conv1d costs about a
+        # millisecond of dispatch per call, 30x the arithmetic of a 20 ms chunk.
+        taps = self._kernel.shape[1]
+        frames = np.lib.stride_tricks.sliding_window_view(segment, taps)[::o]
+        samples = (frames @ self._kernel.T).reshape(-1)
+        self._next_block = last + 1
+        # Keep only the left context the next block needs.
+        keep_from = max(self._buf_start, self._next_block * o - w)
+        self._buf = self._buf[keep_from - self._buf_start :]
+        self._buf_start = keep_from
+        self._emitted += samples.shape[0]
+        return np.ascontiguousarray(samples, dtype=np.float32)
+
+    def process(self, chunk: npt.ArrayLike) -> FloatArray:
+        """Resample the next chunk; returns what can be emitted so far (possibly empty)."""
+        x = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        self._fed += x.shape[0]
+        if self._identity:
+            self._emitted += x.shape[0]
+            return np.array(x, dtype=np.float32, copy=True)
+        self._buf = np.concatenate([self._buf, x]) if self._buf.size else x.copy()
+        return self._emit(self._buf_start + self._buf.shape[0])
+
+    def flush(self) -> FloatArray:
+        """End of stream: emit the held-back tail (zero right context, as `resample` does)."""
+        if self._identity:
+            return np.zeros(0, dtype=np.float32)
+        target = math.ceil(self._new * self._fed / self._orig)  # resample()'s output length
+        pad = np.zeros(self._width + self._orig, np.float32)
+        self._buf = np.concatenate([self._buf, pad])
+        out = self._emit(self._buf_start + self._buf.shape[0])
+        excess = self._emitted - target
+        if excess > 0:
+            out = out[: out.shape[0] - excess]
+            self._emitted = target
+        self._buf = np.zeros(0, dtype=np.float32)
+        return out
 
 
 def to_float_mono(
@@ -124,10 +267,7 @@ def resample_to_16k(wave: npt.ArrayLike, sample_rate: int) -> FloatArray:
         raise ValueError(f"expected mono audio of shape [N], got {x.shape}")
     if sample_rate <= 0:
         raise ValueError(f"sample rate must be positive, got {sample_rate}")
-    if sample_rate == TARGET_RATE or x.size == 0:
-        return np.ascontiguousarray(x)
-    out = torchaudio.functional.resample(torch.from_numpy(x), sample_rate, TARGET_RATE)
-    return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+    return resample(x, sample_rate, TARGET_RATE)
 
 
 def decode_to_16k(

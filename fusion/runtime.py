@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,12 +48,36 @@ class Observation:
     now: datetime
     text: str | None = None
     events: Sequence[EventLike] = ()
+    # [speech_dim] features of the utterance (fusion.speech.SpeechFeaturizer) for a voice turn.
+    speech: Vector | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class UnderstandRequest:
     text_vector: Vector  # [384]
     profile: Vector | None  # [128], from the fusion model these heads were trained with
+    speech: Vector | None = None  # [speech_dim] when the message was spoken
+
+
+@dataclass(frozen=True, slots=True)
+class TurnInput:
+    """Everything the models read of one message, known when it arrives."""
+
+    text: str
+    profile: Vector | None  # [128] the user's profile before the message
+    events: Sequence[EventLike]  # the user's latest behaviour
+    now: datetime
+    speech: Vector | None = None  # [speech_dim] when the message was spoken
+
+
+@dataclass(frozen=True, slots=True)
+class TurnReading:
+    """The models' reading of one message: its embedding, the fused vector (with each
+    modality's share) and the intent and emotion heads' results."""
+
+    text_vector: Vector  # [384]
+    fused: FuseResult
+    understanding: UnderstandingResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +106,7 @@ class FusionRuntime:
         self._text: MicroBatcher[str, Vector] | None = None
         self._fuse: MicroBatcher[FuseRequest, FuseResult] | None = None
         self._understand: MicroBatcher[UnderstandRequest, UnderstandingResult] | None = None
+        self._turn: MicroBatcher[TurnInput, TurnReading] | None = None
 
     @property
     def dim(self) -> int:
@@ -101,13 +127,23 @@ class FusionRuntime:
                 self._understand_batch, self.config.batcher, name="understanding"
             )
             self._understand.start()
+        if self._turn is None:
+            self._turn = MicroBatcher(self._read_batch, self.config.batcher, name="turn")
+            self._turn.start()
 
     async def stop(self) -> None:
-        batchers = (self._text, self._fuse, self._understand)
-        self._text = self._fuse = self._understand = None
+        batchers = (self._text, self._fuse, self._understand, self._turn)
+        self._text = self._fuse = self._understand = self._turn = None
         for batcher in batchers:
             if batcher is not None:
                 await batcher.stop()
+
+    @property
+    def batchers(self) -> tuple[MicroBatcher[Any, Any], ...]:
+        """The running micro-batchers, one per model (for metrics)."""
+        return tuple(
+            b for b in (self._turn, self._text, self._fuse, self._understand) if b is not None
+        )
 
     @property
     def text_batcher(self) -> MicroBatcher[str, Vector]:
@@ -134,20 +170,46 @@ class FusionRuntime:
     async def fuse(self, text_vector: Vector | None, observation: Observation) -> FuseResult:
         """The fusion step alone, for callers that already hold the text's embedding."""
         return await self.fusion_batcher.submit(
-            FuseRequest(text_vector, None, observation.events, observation.now)
+            FuseRequest(text_vector, observation.speech, observation.events, observation.now)
         )
 
     def _understand_batch(self, requests: Sequence[UnderstandRequest]) -> list[UnderstandingResult]:
         return self.understanding.predict_many(
-            np.stack([r.text_vector for r in requests]), [r.profile for r in requests]
+            np.stack([r.text_vector for r in requests]),
+            [r.profile for r in requests],
+            [r.speech for r in requests],
         )
 
-    async def understand(self, text_vector: Vector, profile: Vector | None) -> UnderstandingResult:
+    async def understand(
+        self, text_vector: Vector, profile: Vector | None, speech: Vector | None = None
+    ) -> UnderstandingResult:
         """Intent (with out-of-scope) and emotion of one message, conditioned on the profile
-        as it stood before the message."""
+        as it stood before the message; a spoken message's speech features inform the emotion."""
         if self._understand is None:
             raise RuntimeError("FusionRuntime.start() has not been called")
-        return await self._understand.submit(UnderstandRequest(text_vector, profile))
+        return await self._understand.submit(UnderstandRequest(text_vector, profile, speech))
+
+    def _read_batch(self, inputs: Sequence[TurnInput]) -> list[TurnReading]:
+        # The three models back to back in one worker call: a chat turn needs all of them,
+        # and each hand-over between the event loop and a worker thread costs more than the
+        # fusion and head forwards themselves.
+        vectors = self._encode_batch([i.text for i in inputs])
+        fused = self.fusion.fuse_many(
+            [
+                FuseRequest(v, i.speech, i.events, i.now)
+                for v, i in zip(vectors, inputs, strict=True)
+            ]
+        )
+        understood = self.understanding.predict_many(
+            np.stack(vectors), [i.profile for i in inputs], [i.speech for i in inputs]
+        )
+        return [TurnReading(v, f, u) for v, f, u in zip(vectors, fused, understood, strict=True)]
+
+    async def read_turn(self, turn: TurnInput) -> TurnReading:
+        """Encoder, fusion and the understanding heads for one message, in a shared batch."""
+        if self._turn is None:
+            raise RuntimeError("FusionRuntime.start() has not been called")
+        return await self._turn.submit(turn)
 
     def update_profile(
         self, previous: ProfileState | None, result: FuseResult, dt_s: float

@@ -22,6 +22,8 @@ class EngineOptions:
     pool_size: int = 10
     max_overflow: int = 10
     pool_timeout_s: float = 10.0
+    # Connections older than this are replaced, before a server or proxy drops them idle.
+    pool_recycle_s: float = 1800.0
     echo: bool = False
 
 
@@ -41,12 +43,14 @@ def create_engine(url: str, options: EngineOptions | None = None) -> AsyncEngine
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     backend = make_url(url).get_backend_name()
-    kwargs: dict[str, Any] = {"echo": opts.echo}
+    # Statement parameters (message text, names) stay out of error messages and logs.
+    kwargs: dict[str, Any] = {"echo": opts.echo, "hide_parameters": True}
     if backend == "postgresql":
         kwargs.update(
             pool_size=opts.pool_size,
             max_overflow=opts.max_overflow,
             pool_timeout=opts.pool_timeout_s,
+            pool_recycle=opts.pool_recycle_s,
             pool_pre_ping=True,
         )
     engine = create_async_engine(url, **kwargs)

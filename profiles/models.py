@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -164,6 +165,20 @@ class Turn(Base):
     emotion: Mapped[str | None] = mapped_column(String(32))
     emotion_scores: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     latency_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SessionFrame(Base):
+    """A chat session's server frame, written before it is sent: a client resumes from these
+    after the server restarted. Only the latest frames of an open conversation are kept."""
+
+    __tablename__ = "session_frames"
+
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

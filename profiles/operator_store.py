@@ -25,6 +25,7 @@ from profiles.models import (
     Operator,
     Profile,
     ProfileSnapshot,
+    SessionFrame,
     Turn,
     User,
     utcnow,
@@ -590,6 +591,10 @@ class OperatorStore:
                     delete(ProfileSnapshot).where(ProfileSnapshot.user_id == user_id),
                 ),
                 ("profiles", delete(Profile).where(Profile.user_id == user_id)),
+                (
+                    "session_frames",
+                    delete(SessionFrame).where(SessionFrame.conversation_id.in_(conversation_ids)),
+                ),
                 ("conversations", delete(Conversation).where(Conversation.user_id == user_id)),
                 ("users", delete(User).where(User.id == user_id)),
             )

@@ -78,6 +78,15 @@ class TurnRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FinishedTurn:
+    """What `Store.finish_turn` wrote: the assistant's reply turn and the profile as saved
+    (None when the turn changed no profile and the user has none)."""
+
+    reply: TurnRecord
+    profile: ProfileRecord | None
+
+
+@dataclass(frozen=True, slots=True)
 class NewEvent:
     """A behaviour event as received; client_id makes storing it idempotent."""
 
@@ -117,3 +126,12 @@ class TurnLabels:
     intent_confidence: float | None = None
     emotion: str | None = None
     emotion_scores: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFrame:
+    """One server frame of a chat session (its conversation), as sent on the wire."""
+
+    conversation_id: str
+    seq: int
+    body: str

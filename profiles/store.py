@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from profiles.engine import EngineOptions, create_engine
-from profiles.errors import NotFound, StoreUnavailable
+from profiles.errors import Conflict, NotFound, StoreUnavailable
 from profiles.models import (
     BehaviourEvent,
     Conversation,
     Profile,
     ProfileSnapshot,
+    SessionFrame,
     Turn,
     User,
+    new_id,
     utcnow,
 )
 from profiles.records import (
@@ -29,11 +34,13 @@ from profiles.records import (
     ConversationRecord,
     ConversationStatus,
     EventRecord,
+    FinishedTurn,
     NewEvent,
     ProfileRecord,
     ProfileUpdate,
     Role,
     SnapshotRecord,
+    StoredFrame,
     TurnLabels,
     TurnRecord,
     UserRecord,
@@ -103,6 +110,15 @@ def _turn(row: Turn) -> TurnRecord:
     )
 
 
+def _frame_values(frame: StoredFrame) -> dict[str, Any]:
+    return {
+        "conversation_id": frame.conversation_id,
+        "seq": frame.seq,
+        "body": frame.body,
+        "created_at": utcnow(),
+    }
+
+
 def _event(row: BehaviourEvent) -> EventRecord:
     return EventRecord(
         id=row.id,
@@ -116,21 +132,32 @@ def _event(row: BehaviourEvent) -> EventRecord:
     )
 
 
-async def _note_labels(session: AsyncSession, user_id: str, labels: TurnLabels) -> None:
-    """Keep the profile's current emotion, recent intent and intent counts for search."""
-    if labels.intent is None and labels.emotion is None:
-        return
-    user = await session.get(User, user_id)
-    if user is not None:
-        if labels.emotion is not None:
-            user.current_emotion = labels.emotion
-        if labels.intent is not None:
-            user.recent_intent = labels.intent
-    row = await session.get(Profile, user_id)
-    if row is not None and labels.intent is not None:
+async def _note_user_labels(session: AsyncSession, user_id: str, labels: TurnLabels) -> None:
+    """Keep the user's current emotion and recent intent (for search)."""
+    values: dict[str, str] = {}
+    if labels.emotion is not None:
+        values["current_emotion"] = labels.emotion
+    if labels.intent is not None:
+        values["recent_intent"] = labels.intent
+    if values:
+        await session.execute(update(User).where(User.id == user_id).values(**values))
+
+
+def _count_intent(row: Profile, labels: TurnLabels) -> None:
+    """The profile's intent counts, shown to operators."""
+    if labels.intent is not None:
         histogram = dict(row.intent_histogram or {})
         histogram[labels.intent] = int(histogram.get(labels.intent, 0)) + 1
         row.intent_histogram = histogram
+
+
+async def _note_labels(session: AsyncSession, user_id: str, labels: TurnLabels) -> None:
+    """Labels of a turn that changes no profile vector: user columns and intent counts."""
+    await _note_user_labels(session, user_id, labels)
+    if labels.intent is not None:
+        row = await session.get(Profile, user_id)
+        if row is not None:
+            _count_intent(row, labels)
 
 
 # A profile change is either the new state, or a function of the stored profile that computes
@@ -145,6 +172,11 @@ class Store:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.backend = engine.dialect.name
+        # SQLite has one writer at a time and makes the others poll with growing sleeps; in
+        # one process an asyncio lock hands the database over the moment a commit is done.
+        self._writer: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if self.backend == "sqlite" else contextlib.nullcontext()
+        )
 
     @classmethod
     def open(cls, url: str, options: EngineOptions | None = None) -> Store:
@@ -157,11 +189,11 @@ class Store:
     async def _tx(self) -> AsyncIterator[AsyncSession]:
         """One transaction; driver and connection failures surface as StoreUnavailable."""
         try:
-            async with self._sessions() as session, session.begin():
+            async with self._writer, self._sessions() as session, session.begin():
                 yield session
         except IntegrityError:
             raise
-        except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
+        except (OperationalError, DBAPIError, PoolTimeout, OSError, ConnectionError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
 
     async def ping(self) -> bool:
@@ -247,8 +279,13 @@ class Store:
             if row is None:
                 raise NotFound(conversation_id)
             row.status = status
-            if status == "closed" and row.ended_at is None:
-                row.ended_at = utcnow()
+            if status == "closed":
+                if row.ended_at is None:
+                    row.ended_at = utcnow()
+                # A closed conversation cannot be resumed: its frames are no longer needed.
+                await session.execute(
+                    delete(SessionFrame).where(SessionFrame.conversation_id == conversation_id)
+                )
             return _conversation(row)
 
     # turns
@@ -260,19 +297,34 @@ class Store:
 
         Returns the turn and whether it was created now. Committed when this returns.
         """
+        record = TurnRecord(
+            id=new_id(),
+            conversation_id=conversation_id,
+            user_id=user_id,
+            role="user",
+            client_id=client_id,
+            text=text,
+            intent=None,
+            intent_confidence=None,
+            emotion=None,
+            emotion_scores=None,
+            latency_ms=None,
+            created_at=utcnow(),
+        )
         try:
             async with self._tx() as session:
-                row = Turn(
-                    conversation_id=conversation_id,
-                    user_id=user_id,
-                    role="user",
-                    client_id=client_id,
-                    text=text,
-                    created_at=utcnow(),
+                await session.execute(
+                    insert(Turn).values(
+                        id=record.id,
+                        conversation_id=conversation_id,
+                        user_id=user_id,
+                        role="user",
+                        client_id=client_id,
+                        text=text,
+                        created_at=record.created_at,
+                    )
                 )
-                session.add(row)
-                await session.flush()
-                return _turn(row), True
+                return record, True
         except IntegrityError:
             async with self._tx() as session:
                 existing = await session.scalar(
@@ -304,31 +356,69 @@ class Store:
         reply_text: str,
         latency_ms: float,
         profile: ProfileChange | None,
-    ) -> TurnRecord:
-        """One transaction: the user turn's labels, the assistant's reply turn and the profile."""
+        frame: StoredFrame | None = None,
+    ) -> FinishedTurn:
+        """One transaction: the user turn's labels, the assistant's reply turn, the profile,
+        and the session frame carrying the reply (stored if and only if the reply is)."""
         async with self._tx() as session:
-            user_turn = await session.get(Turn, user_turn_id)
-            if user_turn is None:
+            # Core statements: the turn rows are written, never read back, so the ORM's
+            # identity map would only add round trips.
+            owner = (
+                await session.execute(
+                    update(Turn)
+                    .where(Turn.id == user_turn_id)
+                    .values(
+                        intent=labels.intent,
+                        intent_confidence=labels.intent_confidence,
+                        emotion=labels.emotion,
+                        emotion_scores=labels.emotion_scores,
+                    )
+                    .returning(Turn.conversation_id, Turn.user_id)
+                )
+            ).one_or_none()
+            if owner is None:
                 raise NotFound(user_turn_id)
-            user_turn.intent = labels.intent
-            user_turn.intent_confidence = labels.intent_confidence
-            user_turn.emotion = labels.emotion
-            user_turn.emotion_scores = labels.emotion_scores
-            reply = Turn(
-                conversation_id=user_turn.conversation_id,
-                user_id=user_turn.user_id,
+            conversation_id, user_id = owner
+            reply = TurnRecord(
+                id=new_id(),
+                conversation_id=conversation_id,
+                user_id=user_id,
                 role="assistant",
+                client_id=None,
                 text=reply_text,
+                intent=None,
+                intent_confidence=None,
+                emotion=None,
+                emotion_scores=None,
                 latency_ms=latency_ms,
                 created_at=utcnow(),
             )
-            session.add(reply)
+            await session.execute(
+                insert(Turn).values(
+                    id=reply.id,
+                    conversation_id=conversation_id,
+                    user_id=user_id,
+                    role="assistant",
+                    text=reply_text,
+                    latency_ms=latency_ms,
+                    created_at=reply.created_at,
+                )
+            )
+            if frame is not None:
+                await session.execute(insert(SessionFrame).values(**_frame_values(frame)))
+            saved = None
             if profile is not None:
-                await self._apply_profile(session, user_turn.user_id, profile, user_turn.id)
+                row = await self._apply_profile(session, user_id, profile, user_turn_id)
+                _count_intent(row, labels)
+                saved = row
+            await _note_user_labels(session, user_id, labels)
             await session.flush()
-            await _note_labels(session, user_turn.user_id, labels)
-            await session.flush()
-            return _turn(reply)
+            if saved is None and labels.intent is not None:
+                saved = await session.get(Profile, user_id)
+                if saved is not None:
+                    _count_intent(saved, labels)
+                    await session.flush()
+            return FinishedTurn(reply, None if saved is None else _profile(saved))
 
     async def list_turns(self, conversation_id: str) -> list[TurnRecord]:
         async with self._tx() as session:
@@ -338,6 +428,50 @@ class Store:
                 .order_by(Turn.created_at, Turn.role.desc())
             )
             return [_turn(r) for r in rows]
+
+    # session frames
+
+    async def append_frames(self, frames: Sequence[StoredFrame]) -> None:
+        """Store frames of one or more sessions in one transaction.
+
+        Raises Conflict when a (conversation, seq) is taken, NotFound when a conversation is
+        gone; nothing is stored then.
+        """
+        if not frames:
+            return
+        try:
+            async with self._tx() as session:
+                await session.execute(insert(SessionFrame), [_frame_values(f) for f in frames])
+        except IntegrityError as exc:
+            if "foreign" in str(exc.orig).lower():
+                raise NotFound("the conversation of a frame") from None
+            raise Conflict("a frame with that seq is stored already") from None
+
+    async def list_frames(self, conversation_id: str, *, limit: int) -> list[StoredFrame]:
+        """The conversation's latest `limit` frames, oldest first."""
+        async with self._tx() as session:
+            rows = await session.execute(
+                select(SessionFrame.seq, SessionFrame.body)
+                .where(SessionFrame.conversation_id == conversation_id)
+                .order_by(SessionFrame.seq.desc())
+                .limit(limit)
+            )
+            return [StoredFrame(conversation_id, seq, body) for seq, body in reversed(rows.all())]
+
+    async def drop_frames(
+        self, conversation_id: str, *, below: int | None = None, above: int | None = None
+    ) -> None:
+        """Delete the conversation's frames with seq < `below`, and those with seq > `above`."""
+        async with self._tx() as session:
+            of_conversation = SessionFrame.conversation_id == conversation_id
+            if below is not None:
+                await session.execute(
+                    delete(SessionFrame).where(of_conversation, SessionFrame.seq < below)
+                )
+            if above is not None:
+                await session.execute(
+                    delete(SessionFrame).where(of_conversation, SessionFrame.seq > above)
+                )
 
     # behaviour events
 
@@ -398,11 +532,14 @@ class Store:
             row = await session.get(Profile, user_id)
             return None if row is None else _profile(row)
 
-    async def apply_profile(self, user_id: str, update: ProfileChange) -> None:
-        """A profile change outside a turn (behaviour events, re-fusion), with its snapshot."""
+    async def apply_profile(self, user_id: str, change: ProfileChange) -> ProfileRecord:
+        """A profile change outside a turn (behaviour events, re-fusion), with its snapshot;
+        returns the profile as saved."""
         try:
             async with self._tx() as session:
-                await self._apply_profile(session, user_id, update, None)
+                row = await self._apply_profile(session, user_id, change, None)
+                await session.flush()
+                return _profile(row)
         except IntegrityError:
             raise NotFound(f"user {user_id}") from None
 
@@ -451,46 +588,47 @@ class Store:
 
     async def _apply_profile(
         self, session: AsyncSession, user_id: str, change: ProfileChange, turn_id: str | None
-    ) -> None:
+    ) -> Profile:
         now: datetime = utcnow()
         # FOR UPDATE (PostgreSQL) makes the read-modify-write safe across replicas.
         row = await session.get(Profile, user_id, with_for_update=self.backend == "postgresql")
-        update = (
+        new = (
             change
             if isinstance(change, ProfileUpdate)
             else change(None if row is None else _profile(row))
         )
-        blob = _to_bytes(update.vector)
+        blob = _to_bytes(new.vector)
         if row is None:
             row = Profile(
                 user_id=user_id,
                 vector=blob,
-                dim=int(update.vector.shape[0]),
-                model_version=update.model_version,
-                turn_count=update.turns,
-                event_count=update.events,
+                dim=int(new.vector.shape[0]),
+                model_version=new.model_version,
+                turn_count=new.turns,
+                event_count=new.events,
                 emotion_state=None,
                 intent_histogram={},
-                modality_contributions=dict(update.modality_contributions),
+                modality_contributions=dict(new.modality_contributions),
                 updated_at=now,
             )
             session.add(row)
         else:
             row.vector = blob
-            row.dim = int(update.vector.shape[0])
-            row.model_version = update.model_version
-            row.turn_count += update.turns
-            row.event_count += update.events
-            row.modality_contributions = dict(update.modality_contributions)
+            row.dim = int(new.vector.shape[0])
+            row.model_version = new.model_version
+            row.turn_count += new.turns
+            row.event_count += new.events
+            row.modality_contributions = dict(new.modality_contributions)
             row.updated_at = now
         session.add(
             ProfileSnapshot(
                 user_id=user_id,
                 vector=blob,
-                model_version=update.model_version,
-                reason=update.reason,
+                model_version=new.model_version,
+                reason=new.reason,
                 turn_id=turn_id,
-                modality_contributions=dict(update.modality_contributions),
+                modality_contributions=dict(new.modality_contributions),
                 created_at=now,
             )
         )
+        return row

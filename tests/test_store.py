@@ -161,9 +161,10 @@ async def test_records_are_frozen_dataclasses(store: Store) -> None:
     user = await store.get_user(user_id)
     conv = await store.get_conversation(conv_id)
     turn, _ = await store.add_user_turn(conv_id, user_id, "c1", "hello")
-    reply = await store.finish_turn(
+    finished = await store.finish_turn(
         turn.id, labels=TurnLabels(), reply_text="hi", latency_ms=1.0, profile=_update(1)
     )
+    reply = finished.reply
     await store.add_events(user_id, conv_id, [_event("e1")])
     profile = await store.get_profile(user_id)
     snapshots = await store.list_snapshots(user_id)
@@ -275,13 +276,14 @@ async def test_finish_turn_writes_everything(store: Store) -> None:
         emotion_scores={"neutral": 0.5, "angry": 0.25, "happy": 0.25},
     )
     first_update = _update(1, turns=1, events=2)
-    reply = await store.finish_turn(
+    finished = await store.finish_turn(
         turn.id,
         labels=labels,
         reply_text="It ships tomorrow.",
         latency_ms=123.5,
         profile=first_update,
     )
+    reply = finished.reply
     assert (reply.role, reply.conversation_id, reply.user_id, reply.client_id) == (
         "assistant",
         conv_id,
@@ -371,9 +373,10 @@ async def test_profile_vector_is_a_writable_copy(store: Store) -> None:
 async def test_finish_turn_without_profile(store: Store) -> None:
     user_id, conv_id = await _user_and_conversation(store)
     turn, _ = await store.add_user_turn(conv_id, user_id, "c1", "hi")
-    reply = await store.finish_turn(
+    finished = await store.finish_turn(
         turn.id, labels=TurnLabels(intent="greet"), reply_text="hello", latency_ms=2.0, profile=None
     )
+    reply = finished.reply
     assert [t.id for t in await store.list_turns(conv_id)] == [turn.id, reply.id]
     assert await store.get_profile(user_id) is None
     assert await store.list_snapshots(user_id) == []
@@ -417,9 +420,10 @@ async def test_list_turns_ordering(store: Store) -> None:
     expected: list[tuple[str, str]] = []
     for i in range(3):
         turn, _ = await store.add_user_turn(conv_id, user_id, f"c{i}", f"question {i}")
-        reply = await store.finish_turn(
+        finished = await store.finish_turn(
             turn.id, labels=TurnLabels(), reply_text=f"answer {i}", latency_ms=1.0, profile=None
         )
+        reply = finished.reply
         expected += [(turn.id, "user"), (reply.id, "assistant")]
     last, _ = await store.add_user_turn(conv_id, user_id, "c3", "question 3")
     expected.append((last.id, "user"))
