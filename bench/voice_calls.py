@@ -654,6 +654,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         vconfig = replace(vconfig, asr=replace(vconfig.asr, beam_size=args.asr_beam))
     if args.asr_workers is not None:
         vconfig = replace(vconfig, asr=replace(vconfig.asr, workers=args.asr_workers))
+    if args.encoder_pad is not None:
+        pad = None if args.encoder_pad == "full" else float(args.encoder_pad)
+        vconfig = replace(vconfig, asr=replace(vconfig.asr, encoder_pad_s=pad))
     if args.no_speculation:
         vconfig = replace(vconfig, speculate=False, vad=replace(vconfig.vad, pause_ms=None))
     config_line = (
@@ -761,6 +764,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     parser.add_argument("--asr-beam", type=int, help="override the server's ASR beam size")
     parser.add_argument("--asr-workers", type=int, help="override the ASR worker count")
+    parser.add_argument(
+        "--encoder-pad",
+        help="seconds of padding after each utterance in Whisper's encoder window, or 'full' "
+        "for the 30 s window (default: the recognizer's)",
+    )
     parser.add_argument(
         "--no-speculation", action="store_true", help="transcribe only once a turn has ended"
     )

@@ -11,10 +11,12 @@ What makes a short utterance cheap here, measured on the 2-core CPU machine (NOT
 
 - One decoder pass: no timestamps, no conditioning on previous text, no temperature
   fallback, at most `10 + 8 * seconds` tokens. Beam 5 by default: with the short encoder
-  window below it cost about 10% more CPU than greedy decoding and made fewer errors on
-  every voice measured (60 espeak-ng sentences through 8 kHz mu-law, three voices: word
-  error rate 0.168 / 0.203 / 0.194 against 0.211 / 0.282 / 0.256 with beam 1). NOTES.md's
-  opposite finding was made with faster-whisper's 30 s zero-padded window.
+  window below it cost about 15% more CPU per utterance than greedy decoding and made fewer
+  errors in every condition measured (bench/voice_calls.py's 60 sentences, espeak-ng
+  through 8 kHz mu-law and `fusion.vad`, voices en+m7 and en-us, with and without -60 dBFS
+  line noise: word error rate 0.147 / 0.198 / 0.218 / 0.247 against 0.177 / 0.226 / 0.245 /
+  0.269 with beam 1). NOTES.md's opposite finding was made with faster-whisper's 30 s
+  zero-padded window.
 - No second VAD pass (faster-whisper's `vad_filter`): `fusion.vad` already cut the speech.
 - The encoder window. Whisper's encoder is trained on 30 s windows, and faster-whisper pads
   every utterance to 30 s: for a 2 s utterance that is about 270 ms of int8 encoder work on

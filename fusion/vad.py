@@ -220,9 +220,10 @@ class VadStream:
 
     @property
     def max_buffered_samples(self) -> int:
-        """Upper bound of `buffered_samples` for this configuration."""
+        """Upper bound of `buffered_samples` for this configuration: the lead, the longest
+        speech, the end-of-speech silence that ends it, and window rounding."""
         pre = (self._preroll.maxlen or 0) * WINDOW
-        return int(self._max_utterance + pre + self._pad + 2 * WINDOW)
+        return int(self._max_utterance + pre + self._end_silence + 2 * WINDOW)
 
     # -- feeding -------------------------------------------------------------------------
 
