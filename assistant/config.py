@@ -38,7 +38,7 @@ class VoiceSettings:
     tts: str = "espeak"  # espeak | none
     # A faster-whisper (CTranslate2) model folder; unset: the shipped Whisper tiny.en.
     asr_model: str | None = None
-    asr_beam: int = 1
+    asr_beam: int = 5  # fewer word errors than greedy on short utterances (fusion/asr.py)
     # Utterances transcribed at once across all calls; 0: one per CPU core, at most 4.
     asr_workers: int = 0
     vad_end_silence_ms: int = 500
