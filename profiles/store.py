@@ -356,10 +356,8 @@ class Store:
         reply_text: str,
         latency_ms: float,
         profile: ProfileChange | None,
-        frame: StoredFrame | None = None,
     ) -> FinishedTurn:
-        """One transaction: the user turn's labels, the assistant's reply turn, the profile,
-        and the session frame carrying the reply (stored if and only if the reply is)."""
+        """One transaction: the user turn's labels, the assistant's reply turn and the profile."""
         async with self._tx() as session:
             # Core statements: the turn rows are written, never read back, so the ORM's
             # identity map would only add round trips.
@@ -404,8 +402,6 @@ class Store:
                     created_at=reply.created_at,
                 )
             )
-            if frame is not None:
-                await session.execute(insert(SessionFrame).values(**_frame_values(frame)))
             saved = None
             if profile is not None:
                 row = await self._apply_profile(session, user_id, profile, user_turn_id)
