@@ -71,6 +71,8 @@ class Settings:
     batch_size: int = 32
     batch_wait_ms: float = 0.0
     batch_queue: int = 1024
+    # CPU threads of a model forward for a lone message; None: half the usable cores.
+    lone_threads: int | None = None
     sqlite_synchronous: str = "NORMAL"
     # PostgreSQL connection pool of each replica (SQLite opens connections as needed).
     db_pool_size: int = 10
@@ -114,6 +116,14 @@ class Settings:
             value = number(name, default, kind)
             if value < 0:
                 raise SettingsError(f"ASSISTANT_{name}={value!r} must not be negative")
+            return value
+
+        def lone_threads() -> int | None:
+            if get("LONE_THREADS") is None:
+                return None
+            value = int(number("LONE_THREADS", 0, int))
+            if value < 1:
+                raise SettingsError(f"ASSISTANT_LONE_THREADS={value!r} must be at least 1")
             return value
 
         def auth_throttle() -> AuthThrottleConfig:
@@ -189,6 +199,7 @@ class Settings:
             batch_size=int(number("BATCH_SIZE", defaults.batch_size, int)),
             batch_wait_ms=number("BATCH_WAIT_MS", defaults.batch_wait_ms, float),
             batch_queue=int(number("BATCH_QUEUE", defaults.batch_queue, int)),
+            lone_threads=lone_threads(),
             sqlite_synchronous=choice(
                 "SQLITE_SYNCHRONOUS", "normal", ("off", "normal", "full", "extra")
             ).upper(),

@@ -48,6 +48,7 @@ def fusion_config(settings: Settings) -> FusionConfig:
             max_wait_s=settings.batch_wait_ms / 1000.0,
             max_queue=settings.batch_queue,
         ),
+        lone_threads=settings.lone_threads,
     )
 
 

@@ -13,7 +13,10 @@ What it measures, in one process and with the models loaded once:
   transaction that stores them) plus the WebSocket hops on localhost.
 - **bare encoder**: `text_encoder.encode([text])` on the same loaded model for the same
   messages, one sentence per call, timed around the call alone in one worker thread (as the
-  micro-batcher runs it) with torch's default thread count.
+  micro-batcher runs it) with torch's default thread count (the server runs a lone message on
+  half the cores, see `ASSISTANT_LONE_THREADS`; the ratio carries that choice). It runs
+  after every block of ten turns, while the server is idle, on that block's messages: the
+  machine's speed drifts, and both figures then sample the same moments.
 
 It prints p50 and p99 turn latency, the encoder's p50 and `ratio = turn p50 / encoder p50`
 (the cost of everything around the model; the target is 2.0 or less), with the machine and
@@ -65,6 +68,9 @@ from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: 
 from assistant import Models, Settings, load_models  # noqa: E402
 from assistant.rate_limits import RateLimits  # noqa: E402
 from server import running  # noqa: E402
+
+# Taken before any model worker changes it.
+DEFAULT_TORCH_THREADS = torch.get_num_threads()
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
@@ -236,36 +242,50 @@ async def turn(ws: ClientConnection, client_id: str, text: str) -> float:
             acked = True
 
 
-async def run_turns(url: str, texts: Sequence[str], warmup: Sequence[str]) -> list[float]:
+BLOCK = 10
+
+
+async def run_turns(
+    url: str, texts: Sequence[str], warmup: Sequence[str], models: Models
+) -> tuple[list[float], list[float]]:
+    """The turns, in blocks of BLOCK; after each block, with the server idle, the bare
+    encoder on the same messages: both sample the machine at the same moments, so a drift in
+    its speed moves them alike."""
     latencies: list[float] = []
+    encoder: list[float] = []
     try:
         async with connect(f"{url}/chat") as ws:
             await hello(ws)
             for i, text in enumerate(warmup):
                 await turn(ws, f"warmup-{i}", text)
+            await asyncio.to_thread(time_encoder, models, warmup)
             with tqdm(total=len(texts), desc="turns", unit="turn", leave=False) as bar:
-                for i, text in enumerate(texts):
-                    latencies.append(await turn(ws, f"m-{i}", text))
-                    bar.update(1)
+                for first in range(0, len(texts), BLOCK):
+                    block = texts[first : first + BLOCK]
+                    for i, text in enumerate(block, start=first):
+                        latencies.append(await turn(ws, f"m-{i}", text))
+                        bar.update(1)
+                    encoder.extend(await asyncio.to_thread(time_encoder, models, block))
     except (OSError, WebSocketException) as exc:
         raise BenchError(f"could not talk to {url}/chat: {exc}") from exc
-    return latencies
+    return latencies, encoder
 
 
 # the bare model
 
 
-def time_encoder(models: Models, texts: Sequence[str], warmup: int) -> tuple[list[float], int]:
-    """Per-call seconds of encode([text]) after `warmup` untimed calls, and torch's threads."""
+def time_encoder(models: Models, texts: Sequence[str]) -> list[float]:
+    """Seconds of each encode([text]), one sentence per call, in a worker thread."""
+    # The server's model workers set their own thread counts (fusion.runtime); a new thread
+    # could inherit the last of them. The bare forward gets torch's default.
+    torch.set_num_threads(DEFAULT_TORCH_THREADS)
     encoder = models.text_encoder
-    for text in texts[:warmup]:
-        encoder.encode([text])
     samples: list[float] = []
     for text in texts:
         started = time.perf_counter()
         encoder.encode([text])
         samples.append(time.perf_counter() - started)
-    return samples, torch.get_num_threads()
+    return samples
 
 
 # the run
@@ -273,11 +293,11 @@ def time_encoder(models: Models, texts: Sequence[str], warmup: int) -> tuple[lis
 
 async def serve_and_chat(
     settings: Settings, models: Models, texts: Sequence[str], warmup: Sequence[str]
-) -> list[float]:
+) -> tuple[list[float], list[float]]:
     """Start the server (migrating its database), run the turns, stop the server."""
     try:
         async with running(settings, models=models, migrate_db=True) as srv:
-            return await run_turns(srv.url, texts, warmup)
+            return await run_turns(srv.url, texts, warmup, models)
     except BenchError:
         raise
     except Exception as exc:
@@ -304,10 +324,7 @@ async def bench(turns: int, device: DeviceChoice, db_url: str | None) -> Figures
             raise BenchError(f"could not load the models on {device!r}: {exc}") from exc
         models.start()
         try:
-            latencies = await serve_and_chat(settings, models, texts, warmup)
-            # The server is stopped: the model now runs alone, in a worker thread as in the
-            # micro-batcher, on the same messages.
-            encoder, threads = await asyncio.to_thread(time_encoder, models, texts, WARMUP_TURNS)
+            latencies, encoder = await serve_and_chat(settings, models, texts, warmup)
         finally:
             await models.stop()
     turn_p50 = percentile_ms(latencies, 50)
@@ -326,7 +343,7 @@ async def bench(turns: int, device: DeviceChoice, db_url: str | None) -> Figures
         target_ratio=TARGET_RATIO,
         load_start=load_start,
         load_end=load_average(),
-        machine=describe_machine(models, threads),
+        machine=describe_machine(models, DEFAULT_TORCH_THREADS),
     )
 
 

@@ -8,8 +8,10 @@ from all sessions share forwards and nothing runs on the event loop thread.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +41,11 @@ class FusionConfig:
     fusion_weights: Path = WEIGHTS_PATH
     # Behaviour the fusion sees with a turn: the user's latest events.
     max_events: int = 32
+    # CPU threads of a forward for a lone request; None: half the usable cores. Batches of
+    # two or more use torch's default. A lone message is the quiet server's case, and there
+    # the event loop and the database run beside the model: a forward spread over every
+    # core waits for whichever core they hold, so the turn is slower than on fewer threads.
+    lone_threads: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +114,7 @@ class FusionRuntime:
         self._fuse: MicroBatcher[FuseRequest, FuseResult] | None = None
         self._understand: MicroBatcher[UnderstandRequest, UnderstandingResult] | None = None
         self._turn: MicroBatcher[TurnInput, TurnReading] | None = None
+        self._threads = ThreadPolicy(self.config.lone_threads, cpu=self.device.type == "cpu")
 
     @property
     def dim(self) -> int:
@@ -117,18 +125,26 @@ class FusionRuntime:
 
     def start(self) -> None:
         if self._text is None:
-            self._text = MicroBatcher(self._encode_batch, self.config.batcher, name="text")
+            self._text = MicroBatcher(
+                self._threads.wrap(self._encode_batch), self.config.batcher, name="text"
+            )
             self._text.start()
         if self._fuse is None:
-            self._fuse = MicroBatcher(self.fusion.fuse_many, self.config.batcher, name="fusion")
+            self._fuse = MicroBatcher(
+                self._threads.wrap(self.fusion.fuse_many), self.config.batcher, name="fusion"
+            )
             self._fuse.start()
         if self._understand is None:
             self._understand = MicroBatcher(
-                self._understand_batch, self.config.batcher, name="understanding"
+                self._threads.wrap(self._understand_batch),
+                self.config.batcher,
+                name="understanding",
             )
             self._understand.start()
         if self._turn is None:
-            self._turn = MicroBatcher(self._read_batch, self.config.batcher, name="turn")
+            self._turn = MicroBatcher(
+                self._threads.wrap(self._read_batch), self.config.batcher, name="turn"
+            )
             self._turn.start()
 
     async def stop(self) -> None:
@@ -222,3 +238,33 @@ class FusionRuntime:
             "torch": torch.__version__,
             "model_version": self.model_version,
         }
+
+
+class ThreadPolicy:
+    """Sets torch's CPU threads, in each batcher's worker thread, by the size of its batch."""
+
+    def __init__(self, lone: int | None, *, cpu: bool) -> None:
+        self.batch = torch.get_num_threads()
+        self.usable = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
+        self.lone = max(1, lone if lone is not None else self.usable // 2)
+        self._cpu = cpu
+        self._current = threading.local()
+
+    def wrap(
+        self, run: Callable[[Sequence[Any]], list[Any]]
+    ) -> Callable[[Sequence[Any]], list[Any]]:
+        if not self._cpu:
+            return run
+
+        def sized(batch: Sequence[Any]) -> list[Any]:
+            threads = self.lone if len(batch) == 1 else self.batch
+            if getattr(self._current, "threads", None) != threads:
+                torch.set_num_threads(threads)
+                self._current.threads = threads
+            return run(batch)
+
+        return sized

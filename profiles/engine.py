@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -55,17 +56,38 @@ def create_engine(url: str, options: EngineOptions | None = None) -> AsyncEngine
         )
     engine = create_async_engine(url, **kwargs)
     if backend == "sqlite":
-        synchronous = opts.sqlite_synchronous.upper()
-        if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
-            raise ValueError(f"unknown SQLite synchronous mode {opts.sqlite_synchronous!r}")
+        _set_sqlite_pragmas(engine.sync_engine, opts)
+    return engine
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA synchronous={synchronous}")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.close()
 
+def _set_sqlite_pragmas(engine: Engine, opts: EngineOptions) -> None:
+    synchronous = opts.sqlite_synchronous.upper()
+    if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+        raise ValueError(f"unknown SQLite synchronous mode {opts.sqlite_synchronous!r}")
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+
+def create_thread_engine(url: str, options: EngineOptions | None = None) -> Engine | None:
+    """A synchronous engine on the same SQLite file, for transactions that run whole on one
+    thread; None for other databases and for in-memory SQLite (a second engine would open a
+    second, empty database).
+
+    Through aiosqlite every statement, begin and commit is its own hand-over to the driver's
+    thread and back to the event loop; a transaction run whole on a thread is one.
+    """
+    if _sqlite_path(url) is None:
+        return None
+    opts = options or EngineOptions()
+    engine = create_sync_engine(
+        make_url(url).set(drivername="sqlite"), echo=opts.echo, hide_parameters=True
+    )
+    _set_sqlite_pragmas(engine, opts)
     return engine

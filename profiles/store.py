@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from profiles.engine import EngineOptions, create_engine
+from profiles.engine import EngineOptions, create_engine, create_thread_engine
 from profiles.errors import Conflict, NotFound, StoreUnavailable
 from profiles.models import (
     BehaviourEvent,
@@ -132,7 +134,18 @@ def _event(row: BehaviourEvent) -> EventRecord:
     )
 
 
-async def _note_user_labels(session: AsyncSession, user_id: str, labels: TurnLabels) -> None:
+T = TypeVar("T")
+
+# Errors of an unreachable or overloaded database (pool wait included), as opposed to the
+# integrity errors that callers translate themselves.
+_UNAVAILABLE = (OperationalError, DBAPIError, PoolTimeout, OSError, ConnectionError)
+
+
+def _none_or(row: Any, record: Callable[[Any], T]) -> T | None:
+    return None if row is None else record(row)
+
+
+def _note_user_labels(session: Session, user_id: str, labels: TurnLabels) -> None:
     """Keep the user's current emotion and recent intent (for search)."""
     values: dict[str, str] = {}
     if labels.emotion is not None:
@@ -140,7 +153,7 @@ async def _note_user_labels(session: AsyncSession, user_id: str, labels: TurnLab
     if labels.intent is not None:
         values["recent_intent"] = labels.intent
     if values:
-        await session.execute(update(User).where(User.id == user_id).values(**values))
+        session.execute(update(User).where(User.id == user_id).values(**values))
 
 
 def _count_intent(row: Profile, labels: TurnLabels) -> None:
@@ -151,11 +164,11 @@ def _count_intent(row: Profile, labels: TurnLabels) -> None:
         row.intent_histogram = histogram
 
 
-async def _note_labels(session: AsyncSession, user_id: str, labels: TurnLabels) -> None:
+def _note_labels(session: Session, user_id: str, labels: TurnLabels) -> None:
     """Labels of a turn that changes no profile vector: user columns and intent counts."""
-    await _note_user_labels(session, user_id, labels)
+    _note_user_labels(session, user_id, labels)
     if labels.intent is not None:
-        row = await session.get(Profile, user_id)
+        row = session.get(Profile, user_id)
         if row is not None:
             _count_intent(row, labels)
 
@@ -168,10 +181,21 @@ ProfileChange = ProfileUpdate | Callable[[ProfileRecord | None], ProfileUpdate]
 class Store:
     """Async access to users, profiles, conversations, turns and behaviour events."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, thread_engine: Engine | None = None) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.backend = engine.dialect.name
+        # The hot transactions (turns, frames, events, profiles) on SQLite run whole on one
+        # thread of their own; see `_run`.
+        self._thread_engine = thread_engine
+        self._thread_sessions = (
+            None if thread_engine is None else sessionmaker(thread_engine, expire_on_commit=False)
+        )
+        self._thread = (
+            None
+            if thread_engine is None
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        )
         # SQLite has one writer at a time and makes the others poll with growing sleeps; in
         # one process an asyncio lock hands the database over the moment a commit is done.
         self._writer: contextlib.AbstractAsyncContextManager[Any] = (
@@ -180,9 +204,14 @@ class Store:
 
     @classmethod
     def open(cls, url: str, options: EngineOptions | None = None) -> Store:
-        return cls(create_engine(url, options))
+        return cls(create_engine(url, options), create_thread_engine(url, options))
 
     async def close(self) -> None:
+        if self._thread is not None and self._thread_engine is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._thread_engine.dispose
+            )
+            self._thread.shutdown(wait=True)
         await self._engine.dispose()
 
     @asynccontextmanager
@@ -193,8 +222,33 @@ class Store:
                 yield session
         except IntegrityError:
             raise
-        except (OperationalError, DBAPIError, PoolTimeout, OSError, ConnectionError) as exc:
+        except _UNAVAILABLE as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def _run(self, work: Callable[[Session], T]) -> T:
+        """`work` as one transaction, written once as synchronous code for both databases.
+
+        On a SQLite file it runs whole on the store's thread: one hand-over per transaction
+        instead of one per statement, begin and commit through aiosqlite, which on a small
+        machine costs more CPU than the statements. Elsewhere the async driver runs it.
+        """
+        try:
+            if self._thread is not None:
+                async with self._writer:
+                    return await asyncio.get_running_loop().run_in_executor(
+                        self._thread, self._in_thread, work
+                    )
+            async with self._sessions() as session, session.begin():
+                return await session.run_sync(work)
+        except IntegrityError:
+            raise
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    def _in_thread(self, work: Callable[[Session], T]) -> T:
+        assert self._thread_sessions is not None
+        with self._thread_sessions() as session, session.begin():
+            return work(session)
 
     async def ping(self) -> bool:
         try:
@@ -311,42 +365,47 @@ class Store:
             latency_ms=None,
             created_at=utcnow(),
         )
+        statement = insert(Turn).values(
+            id=record.id,
+            conversation_id=conversation_id,
+            user_id=user_id,
+            role="user",
+            client_id=client_id,
+            text=text,
+            created_at=record.created_at,
+        )
         try:
-            async with self._tx() as session:
-                await session.execute(
-                    insert(Turn).values(
-                        id=record.id,
-                        conversation_id=conversation_id,
-                        user_id=user_id,
-                        role="user",
-                        client_id=client_id,
-                        text=text,
-                        created_at=record.created_at,
-                    )
-                )
-                return record, True
+            await self._run(lambda session: session.execute(statement))
+            return record, True
         except IntegrityError:
-            async with self._tx() as session:
-                existing = await session.scalar(
-                    select(Turn).where(
-                        Turn.conversation_id == conversation_id, Turn.client_id == client_id
-                    )
+            pass
+
+        def existing(session: Session) -> Turn | None:
+            return session.scalar(
+                select(Turn).where(
+                    Turn.conversation_id == conversation_id, Turn.client_id == client_id
                 )
-                if existing is None:
-                    raise NotFound(f"conversation {conversation_id} or user {user_id}") from None
-                return _turn(existing), False
+            )
+
+        row = await self._run(lambda session: _none_or(existing(session), _turn))
+        if row is None:
+            raise NotFound(f"conversation {conversation_id} or user {user_id}")
+        return row, False
 
     async def label_turn(self, turn_id: str, labels: TurnLabels) -> None:
         """The models' labels on a user turn that gets no reply (an operator holds the chat)."""
-        async with self._tx() as session:
-            turn = await session.get(Turn, turn_id)
+
+        def work(session: Session) -> None:
+            turn = session.get(Turn, turn_id)
             if turn is None:
                 raise NotFound(turn_id)
             turn.intent = labels.intent
             turn.intent_confidence = labels.intent_confidence
             turn.emotion = labels.emotion
             turn.emotion_scores = labels.emotion_scores
-            await _note_labels(session, turn.user_id, labels)
+            _note_labels(session, turn.user_id, labels)
+
+        await self._run(work)
 
     async def finish_turn(
         self,
@@ -358,11 +417,12 @@ class Store:
         profile: ProfileChange | None,
     ) -> FinishedTurn:
         """One transaction: the user turn's labels, the assistant's reply turn and the profile."""
-        async with self._tx() as session:
+
+        def work(session: Session) -> FinishedTurn:
             # Core statements: the turn rows are written, never read back, so the ORM's
             # identity map would only add round trips.
             owner = (
-                await session.execute(
+                session.execute(
                     update(Turn)
                     .where(Turn.id == user_turn_id)
                     .values(
@@ -391,7 +451,7 @@ class Store:
                 latency_ms=latency_ms,
                 created_at=utcnow(),
             )
-            await session.execute(
+            session.execute(
                 insert(Turn).values(
                     id=reply.id,
                     conversation_id=conversation_id,
@@ -404,17 +464,19 @@ class Store:
             )
             saved = None
             if profile is not None:
-                row = await self._apply_profile(session, user_id, profile, user_turn_id)
+                row = self._apply_profile(session, user_id, profile, user_turn_id)
                 _count_intent(row, labels)
                 saved = row
-            await _note_user_labels(session, user_id, labels)
-            await session.flush()
+            _note_user_labels(session, user_id, labels)
+            session.flush()
             if saved is None and labels.intent is not None:
-                saved = await session.get(Profile, user_id)
+                saved = session.get(Profile, user_id)
                 if saved is not None:
                     _count_intent(saved, labels)
-                    await session.flush()
+                    session.flush()
             return FinishedTurn(reply, None if saved is None else _profile(saved))
+
+        return await self._run(work)
 
     async def list_turns(self, conversation_id: str) -> list[TurnRecord]:
         async with self._tx() as session:
@@ -435,9 +497,9 @@ class Store:
         """
         if not frames:
             return
+        values = [_frame_values(f) for f in frames]
         try:
-            async with self._tx() as session:
-                await session.execute(insert(SessionFrame), [_frame_values(f) for f in frames])
+            await self._run(lambda session: session.execute(insert(SessionFrame), values))
         except IntegrityError as exc:
             if "foreign" in str(exc.orig).lower():
                 raise NotFound("the conversation of a frame") from None
@@ -458,16 +520,19 @@ class Store:
         self, conversation_id: str, *, below: int | None = None, above: int | None = None
     ) -> None:
         """Delete the conversation's frames with seq < `below`, and those with seq > `above`."""
-        async with self._tx() as session:
-            of_conversation = SessionFrame.conversation_id == conversation_id
+        of_conversation = SessionFrame.conversation_id == conversation_id
+
+        def work(session: Session) -> None:
             if below is not None:
-                await session.execute(
+                session.execute(
                     delete(SessionFrame).where(of_conversation, SessionFrame.seq < below)
                 )
             if above is not None:
-                await session.execute(
+                session.execute(
                     delete(SessionFrame).where(of_conversation, SessionFrame.seq > above)
                 )
+
+        await self._run(work)
 
     # behaviour events
 
@@ -503,10 +568,12 @@ class Store:
                 .values(values)
                 .on_conflict_do_nothing(index_elements=["user_id", "client_id"])
             )
+
+        def work(session: Session) -> int:
+            return int(getattr(session.execute(stmt), "rowcount", 0) or 0)
+
         try:
-            async with self._tx() as session:
-                result = await session.execute(stmt)
-                return int(getattr(result, "rowcount", 0) or 0)
+            return await self._run(work)
         except IntegrityError:
             # Duplicates are skipped by ON CONFLICT, so this is a missing user or conversation.
             raise NotFound(f"user {user_id} or conversation {conversation_id}") from None
@@ -524,18 +591,19 @@ class Store:
     # profiles
 
     async def get_profile(self, user_id: str) -> ProfileRecord | None:
-        async with self._tx() as session:
-            row = await session.get(Profile, user_id)
-            return None if row is None else _profile(row)
+        return await self._run(lambda session: _none_or(session.get(Profile, user_id), _profile))
 
     async def apply_profile(self, user_id: str, change: ProfileChange) -> ProfileRecord:
         """A profile change outside a turn (behaviour events, re-fusion), with its snapshot;
         returns the profile as saved."""
+
+        def work(session: Session) -> ProfileRecord:
+            row = self._apply_profile(session, user_id, change, None)
+            session.flush()
+            return _profile(row)
+
         try:
-            async with self._tx() as session:
-                row = await self._apply_profile(session, user_id, change, None)
-                await session.flush()
-                return _profile(row)
+            return await self._run(work)
         except IntegrityError:
             raise NotFound(f"user {user_id}") from None
 
@@ -582,12 +650,12 @@ class Store:
                 for r in rows
             ]
 
-    async def _apply_profile(
-        self, session: AsyncSession, user_id: str, change: ProfileChange, turn_id: str | None
+    def _apply_profile(
+        self, session: Session, user_id: str, change: ProfileChange, turn_id: str | None
     ) -> Profile:
         now: datetime = utcnow()
         # FOR UPDATE (PostgreSQL) makes the read-modify-write safe across replicas.
-        row = await session.get(Profile, user_id, with_for_update=self.backend == "postgresql")
+        row = session.get(Profile, user_id, with_for_update=self.backend == "postgresql")
         new = (
             change
             if isinstance(change, ProfileUpdate)

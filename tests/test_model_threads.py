@@ -1,0 +1,68 @@
+"""CPU threads of model forwards: a lone request on fewer cores, batches on all of them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from assistant.config import Settings, SettingsError
+from assistant.runtime import fusion_config
+from fusion.runtime import ThreadPolicy
+
+
+def _threads_seen(policy: ThreadPolicy, batches: Sequence[Sequence[int]]) -> list[int]:
+    """torch's thread count inside each call, all calls in one worker thread (a batcher's)."""
+    seen: list[int] = []
+
+    def forward(batch: Sequence[int]) -> list[int]:
+        seen.append(torch.get_num_threads())
+        return list(batch)
+
+    run = policy.wrap(forward)
+    worker = threading.Thread(target=lambda: [run(b) for b in batches])
+    worker.start()
+    worker.join()
+    return seen
+
+
+def test_lone_requests_use_the_lone_thread_count_and_batches_use_the_default() -> None:
+    default = torch.get_num_threads()
+    policy = ThreadPolicy(1, cpu=True)
+    assert policy.batch == default
+    seen = _threads_seen(policy, [[1], [1, 2], [3], [4, 5, 6]])
+    assert seen == [1, default, 1, default]
+    # The caller's own thread count is untouched.
+    assert torch.get_num_threads() == default
+
+
+def test_default_lone_count_is_half_the_usable_cores() -> None:
+    policy = ThreadPolicy(None, cpu=True)
+    assert policy.lone == max(1, policy.usable // 2)
+
+
+def test_devices_other_than_cpu_are_left_alone() -> None:
+    policy = ThreadPolicy(1, cpu=False)
+
+    def forward(batch: Sequence[int]) -> list[int]:
+        return list(batch)
+
+    assert policy.wrap(forward) is forward
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), ("1", 1), ("3", 3)], ids=["unset", "one", "three"]
+)
+def test_lone_threads_setting(value: str | None, expected: int | None) -> None:
+    env = {} if value is None else {"ASSISTANT_LONE_THREADS": value}
+    settings = Settings.from_env(env)
+    assert settings.lone_threads == expected
+    assert fusion_config(settings).lone_threads == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_bad_lone_threads_setting_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="ASSISTANT_LONE_THREADS"):
+        Settings.from_env({"ASSISTANT_LONE_THREADS": value})
