@@ -168,16 +168,16 @@ class FusionInference:
             ],
             axis=1,
         )  # [B, 3]
-        out = self.model(
+        z_t, gates_t, intent_logits, emotion_logits = self.model.infer(
             text,
             speech,
             BehaviourTensors.from_batch(batch, self.device),
             torch.as_tensor(masks, device=self.device),
         )
-        z = out.z.float().cpu().numpy()
-        gates = out.gates.float().cpu().numpy()
-        intents = torch.softmax(out.intent_logits, dim=-1).float().cpu().numpy()
-        emotions = torch.softmax(out.emotion_logits, dim=-1).float().cpu().numpy()
+        z = z_t.float().cpu().numpy()
+        gates = gates_t.float().cpu().numpy()
+        intents = torch.softmax(intent_logits, dim=-1).float().cpu().numpy()
+        emotions = torch.softmax(emotion_logits, dim=-1).float().cpu().numpy()
         return [
             FuseResult(
                 z[i],

@@ -343,6 +343,50 @@ class FusionModel(nn.Module):
             out.append(present & keep)
         return out
 
+    def _projections(
+        self,
+        text: torch.Tensor,
+        speech_std: torch.Tensor,
+        behaviour: BehaviourTensors,
+        present: torch.Tensor,
+        *,
+        skip_absent: bool = False,
+    ) -> torch.Tensor:
+        """[B, 3, D]: each modality in the shared space, zero where it is absent.
+
+        With `skip_absent`, a modality absent from every row is not computed at all: its
+        slot would be zeroed anyway (a chat turn has no speech, often no events).
+        """
+
+        def needed(i: int) -> bool:
+            return not skip_absent or bool(present[:, i].any())
+
+        absent = text.new_zeros(text.shape[0], self.config.shared_dim)
+        h = torch.stack(
+            [
+                self.text_proj(text) if needed(0) else absent,
+                self.speech_proj(speech_std) if needed(1) else absent,
+                self.behaviour_proj(self.behaviour_enc(behaviour)) if needed(2) else absent,
+            ],
+            dim=1,
+        )  # [B, 3, D]
+        # Whatever an absent modality's input holds (zeros, garbage, NaN) stops here.
+        return torch.where(present.unsqueeze(-1), h, torch.zeros_like(h))
+
+    def infer(
+        self,
+        text: torch.Tensor,  # [B, text_dim]
+        speech: torch.Tensor,  # [B, speech_dim] raw features
+        behaviour: BehaviourTensors,  # [B, T] ids
+        masks: torch.Tensor,  # [B, 3] bool, present modalities
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What serving needs of `forward` (eval mode): z, gates, intent and emotion logits,
+        without the training-only decoders and without encoders of absent modalities."""
+        present = masks.bool() & self.uses.unsqueeze(0)
+        speech_std = (speech - self.speech_mean) / self.speech_std
+        h = self._projections(text, speech_std, behaviour, present, skip_absent=True)
+        return self.fuse(h, present)
+
     def forward(
         self,
         text: torch.Tensor,  # [B, text_dim]
@@ -352,16 +396,7 @@ class FusionModel(nn.Module):
     ) -> FusionOutput:
         present = masks.bool() & self.uses.unsqueeze(0)
         speech_std = (speech - self.speech_mean) / self.speech_std  # [B, S]
-        h = torch.stack(
-            [
-                self.text_proj(text),
-                self.speech_proj(speech_std),
-                self.behaviour_proj(self.behaviour_enc(behaviour)),
-            ],
-            dim=1,
-        )  # [B, 3, D]
-        # Whatever an absent modality's input holds (zeros, garbage, NaN) stops here.
-        h = torch.where(present.unsqueeze(-1), h, torch.zeros_like(h))
+        h = self._projections(text, speech_std, behaviour, present)
         used = self.drop_modalities(present)
         z, gates, intent_logits, emotion_logits = self.fuse(h, used)
         return FusionOutput(

@@ -360,3 +360,27 @@ def test_shipped_weights_load_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(fusion.intents) == fusion.config.n_intents == 77
     assert fusion.metadata.get("simulated") is True
     _check_inference(fusion)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("late_fusion", [False, True], ids=["joint", "late"])
+@pytest.mark.parametrize(
+    "absent", [(), (1,), (2,), (1, 2)], ids=["all-present", "no-speech", "no-events", "text-only"]
+)
+def test_infer_equals_forward(strategy: str, late_fusion: bool, absent: tuple[int, ...]) -> None:
+    """Serving skips the decoders and the encoders of modalities absent from the whole batch;
+    what it returns is what the full forward returns."""
+    torch.manual_seed(0)
+    model = FusionModel(small(strategy, late_fusion=late_fusion)).eval()
+    text, speech, beh, masks = inputs()
+    masks = masks.clone()
+    masks[:, 0] = True
+    for column in absent:
+        masks[:, column] = False
+    with torch.inference_mode():
+        full = model(text, speech, beh, masks)
+        z, gates, intent, emotion = model.infer(text, speech, beh, masks)
+    torch.testing.assert_close(z, full.z, rtol=0, atol=0)
+    torch.testing.assert_close(gates, full.gates, rtol=0, atol=0)
+    torch.testing.assert_close(intent, full.intent_logits, rtol=0, atol=0)
+    torch.testing.assert_close(emotion, full.emotion_logits, rtol=0, atol=0)
