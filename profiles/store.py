@@ -7,11 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import datetime
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, insert, select, text, update
+from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -47,6 +47,19 @@ from profiles.records import (
     TurnRecord,
     UserRecord,
     Vector,
+)
+from profiles.turn_statements import (
+    INSERT_FRAMES,
+    INSERT_PROFILE,
+    INSERT_SNAPSHOT,
+    INSERT_TURN,
+    LABEL_TURN,
+    SELECT_PROFILE,
+    SELECT_PROFILE_FOR_UPDATE,
+    UPDATE_PROFILE,
+    UPDATE_USER,
+    frame_row,
+    turn_row,
 )
 
 
@@ -112,15 +125,6 @@ def _turn(row: Turn) -> TurnRecord:
     )
 
 
-def _frame_values(frame: StoredFrame) -> dict[str, Any]:
-    return {
-        "conversation_id": frame.conversation_id,
-        "seq": frame.seq,
-        "body": frame.body,
-        "created_at": utcnow(),
-    }
-
-
 def _event(row: BehaviourEvent) -> EventRecord:
     return EventRecord(
         id=row.id,
@@ -153,15 +157,15 @@ def _note_user_labels(session: Session, user_id: str, labels: TurnLabels) -> Non
     if labels.intent is not None:
         values["recent_intent"] = labels.intent
     if values:
-        session.execute(update(User).where(User.id == user_id).values(**values))
+        session.execute(UPDATE_USER, {"b_id": user_id, **values})
 
 
-def _count_intent(row: Profile, labels: TurnLabels) -> None:
-    """The profile's intent counts, shown to operators."""
-    if labels.intent is not None:
-        histogram = dict(row.intent_histogram or {})
-        histogram[labels.intent] = int(histogram.get(labels.intent, 0)) + 1
-        row.intent_histogram = histogram
+def _counted(histogram: dict[str, Any], intent: str | None) -> dict[str, Any]:
+    """The profile's intent counts (shown to operators) with one more `intent`."""
+    counted = dict(histogram)
+    if intent is not None:
+        counted[intent] = int(counted.get(intent, 0)) + 1
+    return counted
 
 
 def _note_labels(session: Session, user_id: str, labels: TurnLabels) -> None:
@@ -170,7 +174,7 @@ def _note_labels(session: Session, user_id: str, labels: TurnLabels) -> None:
     if labels.intent is not None:
         row = session.get(Profile, user_id)
         if row is not None:
-            _count_intent(row, labels)
+            row.intent_histogram = _counted(row.intent_histogram or {}, labels.intent)
 
 
 # A profile change is either the new state, or a function of the stored profile that computes
@@ -365,17 +369,9 @@ class Store:
             latency_ms=None,
             created_at=utcnow(),
         )
-        statement = insert(Turn).values(
-            id=record.id,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            role="user",
-            client_id=client_id,
-            text=text,
-            created_at=record.created_at,
-        )
+        values = turn_row(record)
         try:
-            await self._run(lambda session: session.execute(statement))
+            await self._run(lambda session: session.execute(INSERT_TURN, values))
             return record, True
         except IntegrityError:
             pass
@@ -419,20 +415,15 @@ class Store:
         """One transaction: the user turn's labels, the assistant's reply turn and the profile."""
 
         def work(session: Session) -> FinishedTurn:
-            # Core statements: the turn rows are written, never read back, so the ORM's
-            # identity map would only add round trips.
-            owner = (
-                session.execute(
-                    update(Turn)
-                    .where(Turn.id == user_turn_id)
-                    .values(
-                        intent=labels.intent,
-                        intent_confidence=labels.intent_confidence,
-                        emotion=labels.emotion,
-                        emotion_scores=labels.emotion_scores,
-                    )
-                    .returning(Turn.conversation_id, Turn.user_id)
-                )
+            owner = session.execute(
+                LABEL_TURN,
+                {
+                    "b_id": user_turn_id,
+                    "intent": labels.intent,
+                    "intent_confidence": labels.intent_confidence,
+                    "emotion": labels.emotion,
+                    "emotion_scores": labels.emotion_scores,
+                },
             ).one_or_none()
             if owner is None:
                 raise NotFound(user_turn_id)
@@ -451,30 +442,10 @@ class Store:
                 latency_ms=latency_ms,
                 created_at=utcnow(),
             )
-            session.execute(
-                insert(Turn).values(
-                    id=reply.id,
-                    conversation_id=conversation_id,
-                    user_id=user_id,
-                    role="assistant",
-                    text=reply_text,
-                    latency_ms=latency_ms,
-                    created_at=reply.created_at,
-                )
-            )
-            saved = None
-            if profile is not None:
-                row = self._apply_profile(session, user_id, profile, user_turn_id)
-                _count_intent(row, labels)
-                saved = row
+            session.execute(INSERT_TURN, turn_row(reply))
+            saved = self._write_profile(session, user_id, profile, user_turn_id, labels.intent)
             _note_user_labels(session, user_id, labels)
-            session.flush()
-            if saved is None and labels.intent is not None:
-                saved = session.get(Profile, user_id)
-                if saved is not None:
-                    _count_intent(saved, labels)
-                    session.flush()
-            return FinishedTurn(reply, None if saved is None else _profile(saved))
+            return FinishedTurn(reply, saved)
 
         return await self._run(work)
 
@@ -497,9 +468,10 @@ class Store:
         """
         if not frames:
             return
-        values = [_frame_values(f) for f in frames]
+        now = utcnow()
+        rows = [frame_row(f, now) for f in frames]
         try:
-            await self._run(lambda session: session.execute(insert(SessionFrame), values))
+            await self._run(lambda session: session.execute(INSERT_FRAMES, rows))
         except IntegrityError as exc:
             if "foreign" in str(exc.orig).lower():
                 raise NotFound("the conversation of a frame") from None
@@ -598,9 +570,9 @@ class Store:
         returns the profile as saved."""
 
         def work(session: Session) -> ProfileRecord:
-            row = self._apply_profile(session, user_id, change, None)
-            session.flush()
-            return _profile(row)
+            saved = self._write_profile(session, user_id, change, None, None)
+            assert saved is not None  # a change always leaves a profile
+            return saved
 
         try:
             return await self._run(work)
@@ -650,49 +622,70 @@ class Store:
                 for r in rows
             ]
 
-    def _apply_profile(
-        self, session: Session, user_id: str, change: ProfileChange, turn_id: str | None
-    ) -> Profile:
-        now: datetime = utcnow()
-        # FOR UPDATE (PostgreSQL) makes the read-modify-write safe across replicas.
-        row = session.get(Profile, user_id, with_for_update=self.backend == "postgresql")
-        new = (
-            change
-            if isinstance(change, ProfileUpdate)
-            else change(None if row is None else _profile(row))
-        )
+    def _write_profile(
+        self,
+        session: Session,
+        user_id: str,
+        change: ProfileChange | None,
+        turn_id: str | None,
+        intent: str | None,
+    ) -> ProfileRecord | None:
+        """Apply `change` (and a snapshot of the result) and count `intent`; the profile as
+        saved, or None when there was nothing to change and the user has no profile.
+
+        Core statements: this runs for every turn, and the ORM's unit of work costs more
+        than the statements themselves.
+        """
+        if change is None and intent is None:
+            return None
+        query = SELECT_PROFILE_FOR_UPDATE if self.backend == "postgresql" else SELECT_PROFILE
+        row = session.execute(query, {"b_user_id": user_id}).one_or_none()
+        current = None if row is None else _profile(cast(Profile, row))
+        if change is None:
+            if current is None:
+                return None
+            saved = replace(current, intent_histogram=_counted(current.intent_histogram, intent))
+            session.execute(
+                UPDATE_PROFILE, {"b_user_id": user_id, "intent_histogram": saved.intent_histogram}
+            )
+            return saved
+        new = change if isinstance(change, ProfileUpdate) else change(current)
         blob = _to_bytes(new.vector)
-        if row is None:
-            row = Profile(
-                user_id=user_id,
-                vector=blob,
-                dim=int(new.vector.shape[0]),
-                model_version=new.model_version,
-                turn_count=new.turns,
-                event_count=new.events,
-                emotion_state=None,
-                intent_histogram={},
-                modality_contributions=dict(new.modality_contributions),
-                updated_at=now,
-            )
-            session.add(row)
-        else:
-            row.vector = blob
-            row.dim = int(new.vector.shape[0])
-            row.model_version = new.model_version
-            row.turn_count += new.turns
-            row.event_count += new.events
-            row.modality_contributions = dict(new.modality_contributions)
-            row.updated_at = now
-        session.add(
-            ProfileSnapshot(
-                user_id=user_id,
-                vector=blob,
-                model_version=new.model_version,
-                reason=new.reason,
-                turn_id=turn_id,
-                modality_contributions=dict(new.modality_contributions),
-                created_at=now,
-            )
+        saved = ProfileRecord(
+            user_id=user_id,
+            vector=np.asarray(new.vector, dtype=np.float32),
+            model_version=new.model_version,
+            turn_count=(current.turn_count if current else 0) + new.turns,
+            event_count=(current.event_count if current else 0) + new.events,
+            emotion_state=current.emotion_state if current else None,
+            intent_histogram=_counted(current.intent_histogram if current else {}, intent),
+            modality_contributions=dict(new.modality_contributions),
+            updated_at=utcnow(),
         )
-        return row
+        values = {
+            "vector": blob,
+            "dim": int(new.vector.shape[0]),
+            "model_version": saved.model_version,
+            "turn_count": saved.turn_count,
+            "event_count": saved.event_count,
+            "intent_histogram": saved.intent_histogram,
+            "modality_contributions": saved.modality_contributions,
+            "updated_at": saved.updated_at,
+        }
+        if current is None:
+            session.execute(INSERT_PROFILE, {"user_id": user_id, "emotion_state": None, **values})
+        else:
+            session.execute(UPDATE_PROFILE, {"b_user_id": user_id, **values})
+        session.execute(
+            INSERT_SNAPSHOT,
+            {
+                "user_id": user_id,
+                "vector": blob,
+                "model_version": saved.model_version,
+                "reason": new.reason,
+                "turn_id": turn_id,
+                "modality_contributions": saved.modality_contributions,
+                "created_at": saved.updated_at,
+            },
+        )
+        return saved

@@ -1,0 +1,68 @@
+"""Core statements of the turn path, built once and run with parameters.
+
+Every chat turn writes a handful of rows. Building a statement per call (its clauses, then
+its cache key) costs more CPU than SQLite takes to run it, and on a small machine that CPU
+is taken from the models. These are built at import; a call passes only its values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, insert, select, update
+
+from profiles.models import Profile, ProfileSnapshot, SessionFrame, Turn, User
+from profiles.records import StoredFrame, TurnRecord
+
+__all__ = [
+    "INSERT_FRAMES",
+    "INSERT_PROFILE",
+    "INSERT_SNAPSHOT",
+    "INSERT_TURN",
+    "LABEL_TURN",
+    "SELECT_PROFILE",
+    "SELECT_PROFILE_FOR_UPDATE",
+    "UPDATE_PROFILE",
+    "UPDATE_USER",
+    "frame_row",
+    "turn_row",
+]
+
+_turns = cast(Table, Turn.__table__)
+_profiles = cast(Table, Profile.__table__)
+_snapshots = cast(Table, ProfileSnapshot.__table__)
+_users = cast(Table, User.__table__)
+_frames = cast(Table, SessionFrame.__table__)
+
+# An UPDATE sets the columns named in its parameters; the row is picked by the `b_` one.
+INSERT_TURN = insert(_turns)
+LABEL_TURN = (
+    update(_turns)
+    .where(_turns.c.id == bindparam("b_id"))
+    .returning(_turns.c.conversation_id, _turns.c.user_id)
+)
+SELECT_PROFILE = select(*_profiles.c).where(_profiles.c.user_id == bindparam("b_user_id"))
+# PostgreSQL: the read-modify-write of a profile is safe across replicas.
+SELECT_PROFILE_FOR_UPDATE = SELECT_PROFILE.with_for_update()
+INSERT_PROFILE = insert(_profiles)
+UPDATE_PROFILE = update(_profiles).where(_profiles.c.user_id == bindparam("b_user_id"))
+INSERT_SNAPSHOT = insert(_snapshots)
+UPDATE_USER = update(_users).where(_users.c.id == bindparam("b_id"))
+INSERT_FRAMES = insert(_frames)
+
+_TURN_COLUMNS = tuple(f.name for f in fields(TurnRecord))
+
+
+def turn_row(record: TurnRecord) -> dict[str, Any]:
+    """INSERT_TURN's parameters: a turn's columns are its record's fields."""
+    return {name: getattr(record, name) for name in _TURN_COLUMNS}
+
+
+def frame_row(frame: StoredFrame, created_at: Any) -> dict[str, Any]:
+    return {
+        "conversation_id": frame.conversation_id,
+        "seq": frame.seq,
+        "body": frame.body,
+        "created_at": created_at,
+    }
