@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -304,6 +305,11 @@ async def _serve_forever(settings: Settings) -> None:
     async with running(settings) as srv:
         # Calls should not wait for the speech models: load them before saying we listen.
         await srv.runtime.voice.load()
+        # The models are half a million Python objects that live as long as the process: a
+        # full garbage collection walks them all (about 0.3 s on 2 cores), stalling every turn
+        # in flight. Frozen, the collector only looks at what turns allocate.
+        gc.collect()
+        gc.freeze()
         print(f"listening on {srv.url}", flush=True)
         log.info("ready on %s (models on %s)", srv.url, srv.runtime.models.device)
         await stop.wait()
