@@ -287,6 +287,9 @@ async def running(
             ping_interval=settings.ping_interval_s or None,
             ping_timeout=settings.ping_timeout_s or None,
             close_timeout=settings.close_timeout_s,
+            # Off by default: chat frames are small, and a deflate context costs each
+            # connection about 50 kB and each frame CPU (docs/performance.md).
+            compression="deflate" if settings.ws_compression == "deflate" else None,
         ) as server:
             yield RunningServer(server, app)
             server.close()

@@ -91,6 +91,8 @@ class Settings:
     max_connections_per_ip: int = 100
     # Frames queued for a client that does not read; one more disconnects it with 1013.
     send_queue: int = 1000
+    # WebSocket per-message deflate, when a client offers it: "off" or "deflate".
+    ws_compression: Literal["off", "deflate"] = "off"
     # Failed operator sign-ins per client address before a lockout.
     auth: AuthThrottleConfig = field(default_factory=AuthThrottleConfig)
     voice: VoiceSettings = field(default_factory=VoiceSettings)
@@ -215,6 +217,7 @@ class Settings:
                 positive("MAX_CONNECTIONS_PER_IP", defaults.max_connections_per_ip, int)
             ),
             send_queue=int(positive("SEND_QUEUE", defaults.send_queue, int)),
+            ws_compression=choice("WS_COMPRESSION", "off", ("off", "deflate")),  # type: ignore[arg-type]
             auth=auth_throttle(),
             voice=voice(),
         )

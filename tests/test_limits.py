@@ -248,3 +248,20 @@ async def test_messages_waiting_for_replies_are_bounded_per_session(
         assert refused, "more than 16 waiting messages are refused"
         stored = await srv.runtime.store.list_turns(welcome["session_id"])
         assert {t.client_id for t in stored if t.role == "user"} == acked
+
+
+@pytest.mark.parametrize("setting", ["off", "deflate"])
+async def test_websocket_compression_follows_the_setting(
+    start_server: ServerFactory, setting: str
+) -> None:
+    """Off by default: a browser offers per-message deflate, and the server declines it."""
+    overrides = {} if setting == "off" else {"ws_compression": setting}
+    async with start_server(**overrides) as srv, connect(srv.url + "/chat") as ws:
+        assert ws.request is not None and ws.response is not None
+        # websockets' client offers permessage-deflate, as browsers do.
+        assert "permessage-deflate" in (ws.request.headers.get("Sec-WebSocket-Extensions") or "")
+        accepted = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+        assert ("permessage-deflate" in accepted) == (setting == "deflate")
+        client = Client(ws)
+        welcome = await client.hello()
+        assert welcome["type"] == "welcome"
