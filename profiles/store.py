@@ -145,6 +145,18 @@ T = TypeVar("T")
 _UNAVAILABLE = (OperationalError, DBAPIError, PoolTimeout, OSError, ConnectionError)
 
 
+# A queued transaction's result, or the exception its caller gets.
+_Outcome = tuple[Any, BaseException | None]
+
+
+def _failed(exc: BaseException) -> _Outcome:
+    if isinstance(exc, _UNAVAILABLE) and not isinstance(exc, IntegrityError):
+        unavailable = StoreUnavailable(type(exc).__name__)
+        unavailable.__cause__ = exc
+        return None, unavailable
+    return None, exc
+
+
 def _none_or(row: Any, record: Callable[[Any], T]) -> T | None:
     return None if row is None else record(row)
 
@@ -205,12 +217,18 @@ class Store:
         self._writer: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if self.backend == "sqlite" else contextlib.nullcontext()
         )
+        # Group commit on the store's thread: what `_run` is given while a transaction is
+        # running goes into the next one, together.
+        self._queued: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     @classmethod
     def open(cls, url: str, options: EngineOptions | None = None) -> Store:
         return cls(create_engine(url, options), create_thread_engine(url, options))
 
     async def close(self) -> None:
+        if self._committer is not None:
+            await asyncio.shield(self._committer)
         if self._thread is not None and self._thread_engine is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self._thread, self._thread_engine.dispose
@@ -230,29 +248,74 @@ class Store:
             raise StoreUnavailable(type(exc).__name__) from exc
 
     async def _run(self, work: Callable[[Session], T]) -> T:
-        """`work` as one transaction, written once as synchronous code for both databases.
+        """`work` in a transaction, written once as synchronous code for both databases.
 
-        On a SQLite file it runs whole on the store's thread: one hand-over per transaction
+        On a SQLite file it runs on the store's thread: one hand-over per transaction
         instead of one per statement, begin and commit through aiosqlite, which on a small
-        machine costs more CPU than the statements. Elsewhere the async driver runs it.
+        machine costs more CPU than the statements. Work that arrives while a transaction
+        runs shares the next one (group commit): with many sessions, a commit and a hand-over
+        serve a whole batch of turns. Elsewhere the async driver runs it, one transaction
+        each, on the connection pool.
         """
-        try:
-            if self._thread is not None:
-                async with self._writer:
-                    return await asyncio.get_running_loop().run_in_executor(
-                        self._thread, self._in_thread, work
-                    )
-            async with self._sessions() as session, session.begin():
-                return await session.run_sync(work)
-        except IntegrityError:
-            raise
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
+        if self._thread is None:
+            try:
+                async with self._sessions() as session, session.begin():
+                    return await session.run_sync(work)
+            except IntegrityError:
+                raise
+            except _UNAVAILABLE as exc:
+                raise StoreUnavailable(type(exc).__name__) from exc
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append((work, future))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_queued(), name="sqlite-commits")
+        return await future
 
-    def _in_thread(self, work: Callable[[Session], T]) -> T:
+    async def _commit_queued(self) -> None:
+        """Run what is queued, a batch per transaction, until nothing is left."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    async with self._writer:
+                        outcomes = await loop.run_in_executor(
+                            self._thread, self._in_thread, [work for work, _ in batch]
+                        )
+                except asyncio.CancelledError:
+                    for _, future in (*batch, *self._queued):
+                        future.cancel()
+                    self._queued = []
+                    raise
+                except Exception as exc:
+                    outcomes = [_failed(exc)] * len(batch)
+                for (_, future), (value, error) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue  # its caller was cancelled; the work ran regardless
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(value)
+        finally:
+            self._committer = None
+
+    def _in_thread(self, works: list[Callable[[Session], Any]]) -> list[_Outcome]:
+        if len(works) > 1:
+            try:
+                assert self._thread_sessions is not None
+                with self._thread_sessions() as session, session.begin():
+                    return [(work(session), None) for work in works]
+            except Exception:  # one failed: each alone, so that the others commit
+                pass
+        return [self._alone(work) for work in works]
+
+    def _alone(self, work: Callable[[Session], Any]) -> _Outcome:
         assert self._thread_sessions is not None
-        with self._thread_sessions() as session, session.begin():
-            return work(session)
+        try:
+            with self._thread_sessions() as session, session.begin():
+                return work(session), None
+        except Exception as exc:  # raised to its caller
+            return _failed(exc)
 
     async def ping(self) -> bool:
         try:

@@ -20,6 +20,7 @@ from profiles import (
     ProfileUpdate,
     SnapshotRecord,
     Store,
+    StoredFrame,
     StoreError,
     StoreUnavailable,
     TurnLabels,
@@ -577,3 +578,36 @@ async def test_unknown_user_is_not_found_not_a_driver_error(store: Store) -> Non
     event = NewEvent(client_id="e1", name="page_view", occurred_at=datetime.now(UTC), props={})
     with pytest.raises(NotFound):
         await store.add_events("0" * 32, None, [event])
+
+
+async def test_concurrent_writes_commit_apart_from_a_failing_one(store: Store) -> None:
+    """Writes that arrive together may share a transaction (group commit on SQLite): one
+    that fails must fail alone, and every other must be stored."""
+    user_id, conv_id = await _user_and_conversation(store)
+    first, _ = await store.add_user_turn(conv_id, user_id, "m-0", "first")
+    outcomes = await asyncio.gather(
+        *(store.add_user_turn(conv_id, user_id, f"m-{i}", f"message {i}") for i in range(1, 9)),
+        store.add_user_turn(conv_id, user_id, "m-0", "the first one again"),
+        store.add_user_turn("no-such-conversation", user_id, "x", "lost"),
+        store.finish_turn(
+            "no-such-turn",
+            labels=TurnLabels(intent="card_arrival"),
+            reply_text="-",
+            latency_ms=1.0,
+            profile=_update(3, turns=1),
+        ),
+        store.append_frames([StoredFrame(conv_id, seq, f"frame {seq}") for seq in (1, 2)]),
+        return_exceptions=True,
+    )
+    created = outcomes[:8]
+    assert all(isinstance(o, tuple) and o[1] for o in created)
+    again = outcomes[8]
+    assert isinstance(again, tuple) and again == (first, False)
+    assert isinstance(outcomes[9], NotFound)
+    assert isinstance(outcomes[10], NotFound)
+    assert outcomes[11] is None
+    turns = await store.list_turns(conv_id)
+    assert sorted(t.client_id or "" for t in turns) == [f"m-{i}" for i in range(9)]
+    assert [f.body for f in await store.list_frames(conv_id, limit=10)] == ["frame 1", "frame 2"]
+    # The failed finish_turn wrote nothing: no reply, no profile.
+    assert await store.get_profile(user_id) is None
