@@ -57,6 +57,9 @@ from assistant import (
     train,
 )
 
+# How long a thread may hold the GIL while another waits for it.
+SWITCH_INTERVAL_S = 0.0005
+
 log = logging.getLogger("server")
 
 CLOSE_POLICY = 1008
@@ -313,6 +316,10 @@ async def _serve_forever(settings: Settings) -> None:
         # in flight. Frozen, the collector only looks at what turns allocate.
         gc.collect()
         gc.freeze()
+        # The model workers give the GIL up around every torch op and need it back right
+        # after; with the default 5 ms switch interval a thread running Python (the event
+        # loop, the store) keeps them waiting that long. Measured in docs/performance.md.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         print(f"listening on {srv.url}", flush=True)
         log.info("ready on %s (models on %s)", srv.url, srv.runtime.models.device)
         await stop.wait()
