@@ -1,13 +1,15 @@
 """Per-message cost of the intent and emotion heads next to the text encoder's.
 
 One message at a time (the server's worst case: a lone request is its own batch), on the
-device `ASSISTANT_DEVICE` picks. For each message: the MiniLM embedding, then both heads
-(intent with a profile, emotion with speech features on every other message). Prints the
-p50/p90 of each and the target: the heads add <= 1 ms p50 per message over the encoder.
-Then the heads' per-message cost when the micro-batcher hands them a batch (`--batch`).
+device `ASSISTANT_DEVICE` picks and, on a CPU, with the threads the server gives a lone
+request (`fusion.runtime.ThreadPolicy`: half the usable cores unless `--lone-threads`). For
+each message: the MiniLM embedding, then both heads (intent with a profile, emotion with
+speech features on every other message). Prints the p50/p90 of each and the target: the
+heads add <= 1 ms p50 per message over the encoder. Then the heads' per-message cost when
+the micro-batcher hands them a batch (`--batch`, on `--threads`).
 
-    .venv/bin/python bench/understanding.py
-    .venv/bin/python bench/understanding.py --messages 300 --threads 2 --json var/u.json
+    .venv/bin/python bench/understanding.py --messages 300
+    .venv/bin/python bench/understanding.py --messages 300 --lone-threads 2 --json var/u.json
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from fusion.device import select_device
+from fusion.runtime import ThreadPolicy
 from fusion.text_encoder import TextEncoder
 from fusion.understanding import Understanding
 
@@ -51,12 +54,19 @@ def _ms(values: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--messages", type=int, default=200)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the batched run")
+    p.add_argument(
+        "--lone-threads",
+        type=int,
+        default=None,
+        help="torch threads for one message at a time (default: the server's, half the cores)",
+    )
     p.add_argument("--batch", type=int, default=16, help="batch size of the batched run")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     device = select_device(os.environ.get("ASSISTANT_DEVICE", "auto"))
+    lone_threads = ThreadPolicy(args.lone_threads, cpu=True).lone
+    torch.set_num_threads(lone_threads)
     encoder = TextEncoder(device)
     heads = Understanding.load(device)
     rng = np.random.default_rng(0)
@@ -79,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         encode_s.append(middle - start)
         heads_s.append(end - middle)
     # The server's micro-batcher hands the heads whole batches under load: per-message cost
-    # of one batched call.
+    # of one batched call, on the batch's threads.
+    torch.set_num_threads(args.threads)
     vecs = encoder.encode([MESSAGES[i % len(MESSAGES)] for i in range(args.batch)])
     profiles = [profile] * args.batch
     speeches = [speech if i % 2 else None for i in range(args.batch)]
@@ -90,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         batched_s.append((time.perf_counter() - start) / args.batch)
     result = {
         "device": str(device),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch threads {args.threads}",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "lone_threads": lone_threads,
+        "batch_threads": args.threads,
+        "load_average_1m": os.getloadavg()[0],
         "messages": args.messages,
         "text_encoder_ms": _ms(encode_s),
         "heads_ms": _ms(heads_s),
@@ -102,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"text encoder p50 {result['text_encoder_ms']['p50']:.2f} ms; intent + emotion heads "
         f"p50 {result['heads_ms']['p50']:.3f} ms, p90 {result['heads_ms']['p90']:.3f} ms "
-        f"(target <= 1 ms p50: {'met' if result['met'] else 'NOT met'}) on {device}; "
-        f"in batches of {args.batch}: "
-        f"{result['heads_batched_ms_per_message']['p50']:.3f} ms per message"
+        f"(target <= 1 ms p50: {'met' if result['met'] else 'NOT met'}) on {device}, "
+        f"{lone_threads} thread(s); in batches of {args.batch} on {args.threads}: "
+        f"{result['heads_batched_ms_per_message']['p50']:.3f} ms per message; "
+        f"load average {result['load_average_1m']:.2f}"
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

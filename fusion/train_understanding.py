@@ -14,6 +14,7 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -52,12 +53,18 @@ from fusion.understanding import (
     FiLMConfig,
     IntentArtifact,
     IntentModel,
+    LexicalBag,
+    LexiconConfig,
+    ServingHeads,
     expected_calibration_error,
     file_sha256,
     fit_temperature,
+    lexical_ids,
+    lexical_pack,
     mapping_matrix,
     save_emotion,
     save_intent,
+    shipped_precision,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +187,10 @@ class FitConfig:
     weight_decay: float = 1e-2
     label_smoothing: float = 0.1
     seed: int = 0
+    # Gaussian noise on each training embedding, in units of a unit vector's typical entry
+    # (1/sqrt(dim)), so that a training sentence's neighbours keep its label. Off by default:
+    # its gain on the intent head's validation was within noise (docs/understanding.md).
+    input_noise: float = 0.0
 
 
 def fit_member(
@@ -199,13 +210,15 @@ def fit_member(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=fit.lr, total_steps=steps)
     xt, yt = torch.from_numpy(x), torch.from_numpy(targets)
     smooth = fit.label_smoothing / targets.shape[1]
+    noise = fit.input_noise / math.sqrt(x.shape[1])
     model.train()
     for _ in tqdm(range(fit.epochs), desc=desc, unit="ep", leave=False, disable=not progress):
         order = torch.from_numpy(rng.permutation(len(x)))
         for start in range(0, len(x), fit.batch_size):
             b = order[start : start + fit.batch_size]
             target = yt[b] * (1.0 - fit.label_smoothing) + smooth  # [b, C]
-            logp = torch.log_softmax(model(xt[b])[0], dim=-1)  # [b, C]
+            xb = xt[b] + noise * torch.randn_like(xt[b]) if noise else xt[b]
+            logp = torch.log_softmax(model(xb)[0], dim=-1)  # [b, C]
             loss = -(target * logp).sum(dim=-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
@@ -250,25 +263,22 @@ def macro_f1(true: IntArray, pred: IntArray, n: int) -> float:
     return float(f1_score(true, pred, labels=list(range(n)), average="macro", zero_division=0))
 
 
-def tune_offsets(log_p: FloatArray, true: IntArray, rounds: int = 3) -> FloatArray:
-    """Per-class additive offsets on log-probabilities maximising macro-F1 (coordinate ascent).
+def tune_prior_correction(
+    log_p: FloatArray, true: IntArray, log_prior: FloatArray
+) -> tuple[float, FloatArray]:
+    """alpha in [0, 1] maximising macro-F1 of argmax(log p - alpha * log prior), and the
+    resulting per-class offsets.
 
     Macro-F1 weighs rare classes like common ones; an argmax of calibrated probabilities
-    favours the common ones. Fit on a development split only.
+    favours the common ones. One shared exponent carries over from a development split to
+    test better than a free offset per class (which overfits the rare classes' few rows).
+    Fit on a development split only.
     """
     n = log_p.shape[1]
-    offsets = np.zeros(n, dtype=np.float32)
-    grid = np.linspace(-1.0, 3.0, 41, dtype=np.float32)
-    best = macro_f1(true, (log_p + offsets).argmax(1), n)
-    for _ in range(rounds):
-        for c in range(n):
-            for g in grid:
-                trial = offsets.copy()
-                trial[c] = g
-                score = macro_f1(true, (log_p + trial).argmax(1), n)
-                if score > best + 1e-9:
-                    best, offsets = score, trial
-    return offsets
+    alphas = np.linspace(0.0, 1.0, 21)
+    scores = [macro_f1(true, (log_p - a * log_prior).argmax(1), n) for a in alphas]
+    alpha = float(alphas[int(np.argmax(scores))])
+    return alpha, (-alpha * log_prior).astype(np.float32)
 
 
 def logistic_baseline(x: FloatArray, y: IntArray, seed: int) -> Any:
@@ -468,15 +478,17 @@ def intent_probs(
     profile: FloatArray | None = None,
     present: npt.NDArray[np.bool_] | None = None,
 ) -> FloatArray:
-    n = len(text)
-    p = (
-        torch.zeros(n, model.film.config.profile_dim)
-        if profile is None
-        else torch.from_numpy(profile)
-    )
-    on = torch.zeros(n, dtype=torch.bool) if present is None else torch.from_numpy(present)
-    logits = model(torch.from_numpy(text), p, on)
-    out: FloatArray = torch.softmax(logits / temperature, dim=-1).mean(dim=0).numpy()
+    """Calibrated probabilities [N, 78] as the server computes them: the float16 weights of
+    the checkpoint through `ServingHeads` (CPU)."""
+    shipped = IntentModel(model.trunk.config, model.film.config)
+    shipped.load_state_dict(model.state_dict())
+    shipped_precision(shipped)
+    serving = ServingHeads(shipped.eval(), temperature, None, torch.device("cpu"))
+    hidden = serving.hidden(torch.from_numpy(text))
+    if profile is None or present is None or not present.any():
+        return serving.intent_probs(hidden, None, None).numpy()
+    on = None if present.all() else torch.from_numpy(present)
+    out: FloatArray = serving.intent_probs(hidden, torch.from_numpy(profile), on).numpy()
     return out
 
 
@@ -511,7 +523,7 @@ def train_intent(args: argparse.Namespace, data_dir: Path, device: torch.device)
     # an out-of-sample prediction for calibration, the threshold and the FiLM stage.
     fold = stratified_folds(train.labels, args.members, args.seed)
     trunk_cfg = EnsembleConfig(members=1, hidden=args.hidden, out_dim=oos + 1)
-    fit = FitConfig(epochs=args.epochs, seed=args.seed)
+    fit = FitConfig(epochs=args.epochs, seed=args.seed, input_noise=args.input_noise)
     members: list[EnsembleMLP] = []
     oof = np.zeros((len(train.texts), oos + 1), dtype=np.float32)
     oos_val_logits = np.zeros((len(x_oos["oos_val"]), oos + 1), dtype=np.float32)
@@ -646,7 +658,9 @@ def train_intent(args: argparse.Namespace, data_dir: Path, device: torch.device)
         "members": args.members,
         "hidden": args.hidden,
         "epochs": args.epochs,
+        "input_noise": args.input_noise,
         "film_epochs": args.film_epochs,
+        "serving": "float16 weights, fbgemm GEMM on CPU (fusion.understanding.ServingHeads)",
         "profile_space": fusion_sha,
     }
     if not args.no_publish:
@@ -672,6 +686,86 @@ def soft_targets(labels: Sequence[tuple[int, ...]], n: int) -> FloatArray:
     out = np.zeros((len(labels), n), dtype=np.float32)
     for i, row in enumerate(labels):
         out[i, list(row)] = 1.0 / len(row)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LexiconFit:
+    # 0: the embedding MLP alone. The server passes no texts to the heads yet, so a head with
+    # lexical cues is opt-in (docs/understanding.md, Emotion: 4096 with grouped 0.5).
+    buckets: int = 0
+    # The table sees each gram in few rows; a higher rate than the MLP's lets rare cues move.
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    # Weight of the cross-entropy of the grouped distributions (service and Ekman sets) next
+    # to the 28-way one: the head is judged on the groups, not on the fine labels.
+    grouped: float = 0.0
+
+
+def fit_text_member(
+    config: EnsembleConfig,
+    fit: FitConfig,
+    lexicon: LexiconFit,
+    x: FloatArray,
+    grams: Sequence[list[int]],
+    targets: FloatArray,
+    groupings: Sequence[FloatArray] = (),
+    progress: bool = True,
+    desc: str = "member",
+) -> tuple[EnsembleMLP, LexicalBag]:
+    """One text member (M = 1): the embedding MLP and the lexical branch trained together on
+    rows `x` [N, 384] and their `lexical_ids`, with target distributions [N, C]; `groupings`
+    ([C, K] 0/1 matrices) add the grouped cross-entropies weighted `lexicon.grouped`."""
+    torch.manual_seed(fit.seed)
+    rng = np.random.default_rng(fit.seed)
+    mlp = EnsembleMLP(replace(config, members=1))
+    bag = LexicalBag(LexiconConfig(lexicon.buckets, 1, config.out_dim))
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(mlp.parameters()), "lr": fit.lr, "weight_decay": fit.weight_decay},
+            {"params": [bag.table], "lr": lexicon.lr, "weight_decay": lexicon.weight_decay},
+        ]
+    )
+    steps = fit.epochs * -(-len(x) // fit.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[fit.lr, lexicon.lr], total_steps=steps)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(targets)
+    maps = [torch.from_numpy(m) for m in groupings] if lexicon.grouped else []
+    mlp.train()
+    for _ in tqdm(range(fit.epochs), desc=desc, unit="ep", leave=False, disable=not progress):
+        order = torch.from_numpy(rng.permutation(len(x)))
+        for start in range(0, len(x), fit.batch_size):
+            b = order[start : start + fit.batch_size]
+            logits = mlp(xt[b])[0]
+            if lexicon.buckets:
+                logits = logits + bag(lexical_pack([grams[i] for i in b.tolist()]))[0]
+            logp = torch.log_softmax(logits, dim=-1)
+            loss = -(yt[b] * logp).sum(dim=-1).mean()
+            for m in maps:
+                grouped = (logp.exp() @ m).clamp_min(1e-8).log()
+                loss = loss - lexicon.grouped * ((yt[b] @ m) * grouped).sum(dim=-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
+            opt.step()
+            sched.step()
+    return mlp.eval(), bag.eval()
+
+
+@torch.inference_mode()
+def text_logits(
+    mlp: EnsembleMLP,
+    bag: LexicalBag,
+    x: FloatArray,
+    grams: Sequence[list[int]],
+    batch: int = 4096,
+) -> FloatArray:
+    """[M, N, C] logits of the text members, the lexical branch included."""
+    parts = []
+    for s in range(0, len(x), batch):
+        logits = mlp(torch.from_numpy(x[s : s + batch]))
+        if bag.config.buckets:
+            logits = logits + bag(lexical_pack(grams[s : s + batch]))
+        parts.append(logits)
+    out: FloatArray = torch.cat(parts, dim=1).numpy()
     return out
 
 
@@ -730,62 +824,96 @@ def train_emotion(args: argparse.Namespace, data_dir: Path, device: torch.device
     }
     print(f"baseline Ekman-7: {report['baseline_logreg_ekman_test']}")
 
-    # Text head: members over all 28 labels (multi-label rows as soft targets), different seeds.
+    # Text head: members over all 28 labels (multi-label rows as soft targets), different seeds,
+    # each an embedding MLP plus a linear model over the message's hashed grams.
     text_cfg = EnsembleConfig(members=1, hidden=args.text_hidden, out_dim=len(names))
     fit = FitConfig(epochs=args.text_epochs, seed=args.seed, label_smoothing=0.0)
+    lexicon = LexiconFit(args.lexicon_buckets, args.lexicon_lr, grouped=args.grouped_loss)
     targets = soft_targets(split["train"].labels, len(names))
     fix_texts, fix_targets, skipped = emotion_rows(_corrections(args), names, GOEMOTIONS_TO_SERVICE)
     report["data"]["corrections"] = {"used": len(fix_texts), "skipped": skipped}
     x_fit = np.concatenate([x["train"], _correction_features(fix_texts, device)])
+    grams = {
+        s: [lexical_ids(t, lexicon.buckets) if lexicon.buckets else [] for t in texts]
+        for s, texts in (*((s, g.texts) for s, g in split.items()), ("fix", fix_texts))
+    }
+    grams_fit = grams["train"] + grams["fix"]
     targets = np.concatenate([targets, fix_targets])
     members = [
-        fit_member(
+        fit_text_member(
             text_cfg,
             replace(fit, seed=args.seed * 100 + k),
+            lexicon,
             x_fit,
+            grams_fit,
             targets,
+            (to_service, to_ekman),
             progress,
             f"text member {k + 1}",
         )
         for k in tqdm(range(args.text_members), desc="text members", disable=not progress)
     ]
-    text_mlp = EnsembleMLP.stack(members)
-    dev_logits = torch.from_numpy(member_logits(text_mlp, x["dev"]))
+    text_mlp = EnsembleMLP.stack([m for m, _ in members])
+    text_bag = LexicalBag.stack([b for _, b in members])
+    logits = {s: text_logits(text_mlp, text_bag, x[s], grams[s]) for s in split}
     dev_single = np.array([r[0] if len(r) == 1 else -1 for r in split["dev"].labels])
     rows = torch.from_numpy(np.flatnonzero(dev_single >= 0))
-    t_text = fit_temperature(dev_logits[:, rows], torch.from_numpy(dev_single)[rows])
+    t_text = fit_temperature(
+        torch.from_numpy(logits["dev"])[:, rows], torch.from_numpy(dev_single)[rows]
+    )
 
     def grouped(s: str, matrix: FloatArray) -> FloatArray:
-        p28 = softmax(member_logits(text_mlp, x[s]), t_text).mean(0)
-        out: FloatArray = (p28 @ matrix).astype(np.float32)
+        out: FloatArray = (softmax(logits[s], t_text).mean(0) @ matrix).astype(np.float32)
         return out
 
     def logp(p: FloatArray) -> FloatArray:
         out: FloatArray = np.log(np.clip(p, 1e-6, None)).astype(np.float32)
         return out
 
-    dev_ekman, test_ekman = grouped("dev", to_ekman), grouped("test", to_ekman)
-    keep_dev = ekman["dev"] >= 0
-    ekman_offsets = tune_offsets(logp(dev_ekman[keep_dev]), ekman["dev"][keep_dev])
-    report["text_ekman_test"] = {
-        "argmax": emotion_scores(test_ekman, test_ekman, ekman["test"], len(EKMAN)),
-        "dev_tuned_offsets": emotion_scores(
-            test_ekman, logp(test_ekman) + ekman_offsets, ekman["test"], len(EKMAN)
-        ),
-        "offsets": ekman_offsets.tolist(),
+    def decision_rule(
+        matrix: FloatArray, labels: dict[str, IntArray], classes: int
+    ) -> tuple[dict[str, Any], FloatArray]:
+        """Scores on test with and without the dev-tuned prior correction, and its offsets."""
+        prior = (targets @ matrix).mean(0)  # the training rows' class shares
+        dev_p, test_p = grouped("dev", matrix), grouped("test", matrix)
+        keep_dev = labels["dev"] >= 0
+        alpha, offsets = tune_prior_correction(
+            logp(dev_p[keep_dev]), labels["dev"][keep_dev], logp(prior)
+        )
+        block = {
+            "argmax": emotion_scores(test_p, test_p, labels["test"], classes),
+            "dev_tuned_offsets": emotion_scores(
+                test_p, logp(test_p) + offsets, labels["test"], classes
+            ),
+            "alpha": alpha,
+            "offsets": offsets.tolist(),
+            "dev": {
+                "argmax": emotion_scores(dev_p, dev_p, labels["dev"], classes),
+                "dev_tuned_offsets": emotion_scores(
+                    dev_p, logp(dev_p) + offsets, labels["dev"], classes
+                ),
+            },
+        }
+        return block, offsets
+
+    report["text_ekman_test"], _ = decision_rule(to_ekman, ekman, len(EKMAN))
+    report["text_service_test"], service_offsets = decision_rule(
+        to_service, service, len(SERVICE_EMOTIONS)
+    )
+    n = len(SERVICE_EMOTIONS)
+    report["text_service_test"]["class_counts"] = np.bincount(
+        service["test"][service["test"] >= 0], minlength=n
+    ).tolist()
+    report["text_lexicon"] = asdict(lexicon)
+    # Callers that do not pass the message text get the embedding MLP alone.
+    no_text = softmax(text_logits(text_mlp, LexicalBag(LexiconConfig()), x["test"], []), t_text)
+    no_text_ekman = (no_text.mean(0) @ to_ekman).astype(np.float32)
+    no_text_service = (no_text.mean(0) @ to_service).astype(np.float32)
+    report["text_without_texts_test"] = {
+        "ekman": emotion_scores(no_text_ekman, no_text_ekman, ekman["test"], len(EKMAN)),
+        "service": emotion_scores(no_text_service, no_text_service, service["test"], n),
     }
     dev_service, test_service = grouped("dev", to_service), grouped("test", to_service)
-    keep_dev = service["dev"] >= 0
-    service_offsets = tune_offsets(logp(dev_service[keep_dev]), service["dev"][keep_dev])
-    n = len(SERVICE_EMOTIONS)
-    report["text_service_test"] = {
-        "argmax": emotion_scores(test_service, test_service, service["test"], n),
-        "dev_tuned_offsets": emotion_scores(
-            test_service, logp(test_service) + service_offsets, service["test"], n
-        ),
-        "offsets": service_offsets.tolist(),
-        "class_counts": np.bincount(service["test"][service["test"] >= 0], minlength=n).tolist(),
-    }
     report["text_temperature"] = t_text
     print(f"text Ekman-7 test: {report['text_ekman_test']['dev_tuned_offsets']}")
     print(f"text service test: {report['text_service_test']['dev_tuned_offsets']}")
@@ -836,8 +964,11 @@ def train_emotion(args: argparse.Namespace, data_dir: Path, device: torch.device
     }
     print(f"text + speech (simulated pairs): {report['text_speech_fusion']}")
 
-    model = EmotionModel(replace(text_cfg, members=args.text_members), speech_mlp.config)
+    model = EmotionModel(
+        replace(text_cfg, members=args.text_members), speech_mlp.config, text_bag.config
+    )
     model.text = text_mlp
+    model.lexicon = text_bag
     model.speech = speech_mlp
     buffers = {
         "text_map": torch.from_numpy(to_service),
@@ -1022,6 +1153,11 @@ def intent_card(report: dict[str, Any], path: Path) -> str:
     a = report["artifact"]
     text_only, conditioned = p["text_only"], p["profile_conditioned"]
     pv = report["profile_validation"]
+    noise = (
+        f", Gaussian input noise {a['input_noise']} / sqrt(384) in training"
+        if a.get("input_noise")
+        else ""
+    )
     rows = [
         ("Banking77 test accuracy (no profile)", f"**{_pct(t['accuracy'])}**"),
         (
@@ -1066,11 +1202,14 @@ def intent_card(report: dict[str, Any], path: Path) -> str:
             "# Model card: intent.pt",
             "",
             f"Intent head, {size:.1f} MB (float16): an ensemble of {a['members']} "
-            f"one-hidden-layer MLPs ({a['hidden']} GELU units, dropout) over the frozen 384-d "
-            "all-MiniLM-L6-v2 sentence embedding, 77 Banking77 intents + out-of-scope; a FiLM "
-            "generator (128 -> 128 -> 2 x hidden) modulates the hidden layer from the user's "
-            "128-d profile vector and is the identity when there is no profile. Loaded offline "
-            "by `fusion.understanding.Understanding`. Design and figures: docs/understanding.md.",
+            f"one-hidden-layer MLPs ({a['hidden']} GELU units, dropout{noise}) over the frozen "
+            "384-d all-MiniLM-L6-v2 sentence embedding, 77 Banking77 intents + out-of-scope; "
+            "a FiLM generator (128 -> 128 -> 2 x hidden) modulates the hidden layer from the "
+            "user's 128-d profile vector and is the identity when there is no profile. Loaded "
+            "offline by `fusion.understanding.Understanding` and served through "
+            "`fusion.understanding.ServingHeads` (the float16 weights as stored, every first "
+            "layer in one fbgemm GEMM on CPUs); every test figure below went through that "
+            "path. Design and figures: docs/understanding.md.",
             "",
             "## Data and licences",
             "",
@@ -1106,10 +1245,18 @@ def emotion_card(report: dict[str, Any], path: Path) -> str:
     everyone, un = sp["all_actors"], sp["actors_unseen_by_speech_encoder"]
     tuned, svt = ek["dev_tuned_offsets"], sv["dev_tuned_offsets"]
     t, s, f = fu["text_only"], fu["speech_only"], fu["fused"]
+    buckets = report["text_lexicon"]["buckets"]
+    lexical = (
+        f", each plus a linear model over the message's hashed words, symbols and bigrams "
+        f"({buckets} buckets)"
+        if buckets
+        else ""
+    )
     rows = [
         (
             f"GoEmotions Ekman-7 test, single-label rows ({tuned['rows']}): macro-F1",
-            f"**{tuned['macro_f1']:.3f}** (plain argmax {ek['argmax']['macro_f1']:.3f})",
+            f"**{tuned['macro_f1']:.3f}** (plain argmax {ek['argmax']['macro_f1']:.3f}; "
+            f"dev {ek['dev']['dev_tuned_offsets']['macro_f1']:.3f})",
         ),
         (
             "same, frozen MiniLM + logistic regression (C=10), same run",
@@ -1120,6 +1267,10 @@ def emotion_card(report: dict[str, Any], path: Path) -> str:
             f"GoEmotions service-7 test, single-label rows ({svt['rows']}): "
             "accuracy / macro-F1 / ECE",
             f"{_pct(svt['accuracy'])} / {svt['macro_f1']:.3f} / {sv['argmax']['ece']:.4f}",
+        ),
+        (
+            "same, plain argmax: accuracy / macro-F1",
+            f"{_pct(sv['argmax']['accuracy'])} / {sv['argmax']['macro_f1']:.3f}",
         ),
         (
             "RAVDESS 8-class, leave-actors-out, all 22 actors (optimistic, see Split)",
@@ -1150,7 +1301,8 @@ def emotion_card(report: dict[str, Any], path: Path) -> str:
             "",
             f"Emotion heads, {size:.1f} MB (float16). Service emotions: "
             f"{', '.join(SERVICE_EMOTIONS)}. A text head (ensemble of MLPs over the frozen "
-            "MiniLM embedding, GoEmotions' 28 labels) and a speech head (ensemble of MLPs over "
+            f"MiniLM embedding{lexical}; GoEmotions' 28 labels) and a speech head (ensemble "
+            "of MLPs over "
             "the 136-d `fusion.speech.SpeechFeaturizer` features, RAVDESS's 8 labels), each "
             "summed onto the service emotions and combined as a weighted product of experts "
             "when both are present. Mappings and figures: docs/understanding.md.",
@@ -1164,8 +1316,10 @@ def emotion_card(report: dict[str, Any], path: Path) -> str:
             "",
             "## Split",
             "",
-            "GoEmotions: train fits the text head; dev fits its temperature and the per-class "
-            "decision offsets (macro-F1); test is only scored. RAVDESS: "
+            "GoEmotions: train fits the text head; dev fits its temperature and the decision "
+            "rule's prior-correction exponent (argmax of log p - alpha log prior, alpha "
+            f"{sv['alpha']:.2f} on the service set, {ek['alpha']:.2f} on Ekman's, for "
+            "macro-F1); test is only scored. RAVDESS: "
             f"{sp['folds']} leave-actors-out folds (actors per fold: {sp['fold_actors']}); the "
             "shipped speech head is then trained on every actor. The speech encoder itself was "
             "trained on actors 01-18, so figures on those actors are optimistic; actors 19-22 "
@@ -1177,7 +1331,14 @@ def emotion_card(report: dict[str, Any], path: Path) -> str:
             "",
             *_table(rows),
             "",
-            "The profile vector is not used by the emotion head (see docs/understanding.md).",
+            "The profile vector is not used by the emotion head (see docs/understanding.md)."
+            + (
+                " Callers pass the message text to `Understanding.predict_many(..., texts=...)` "
+                "for the lexical branch; without it the head reads the embedding alone, less "
+                "accurately."
+                if buckets
+                else ""
+            ),
             "",
             *_reproduce(report),
         ]
@@ -1208,6 +1369,12 @@ def _parser() -> argparse.ArgumentParser:
     intent.add_argument("--members", type=int, default=5, help="ensemble size = CV folds")
     intent.add_argument("--hidden", type=int, default=1024)
     intent.add_argument("--epochs", type=int, default=40)
+    intent.add_argument(
+        "--input-noise",
+        type=float,
+        default=0.0,
+        help="std of the Gaussian noise on training embeddings, per 1/sqrt(384)",
+    )
     intent.add_argument("--film-epochs", type=int, default=15)
     intent.add_argument("--sessions", type=int, default=10_000, help="simulated sessions")
     intent.add_argument("--sim-seed", type=int, default=7077, help="FiLM training sessions")
@@ -1222,6 +1389,13 @@ def _parser() -> argparse.ArgumentParser:
     emotion.add_argument("--text-members", type=int, default=3)
     emotion.add_argument("--text-hidden", type=int, default=512)
     emotion.add_argument("--text-epochs", type=int, default=8)
+    emotion.add_argument(
+        "--lexicon-buckets", type=int, default=0, help="hashed gram buckets (0: none)"
+    )
+    emotion.add_argument("--lexicon-lr", type=float, default=5e-3)
+    emotion.add_argument(
+        "--grouped-loss", type=float, default=0.0, help="weight of the service/Ekman loss"
+    )
     emotion.add_argument("--speech-members", type=int, default=3)
     emotion.add_argument("--speech-hidden", type=int, default=256)
     emotion.add_argument("--speech-epochs", type=int, default=60)

@@ -22,8 +22,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import re
+import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +323,11 @@ def _float(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def shipped_precision(model: nn.Module) -> None:
+    """Round a model's floating tensors to float16 and back, as its checkpoint will hold them."""
+    model.load_state_dict(_float(_half(model.state_dict())))
+
+
 def save_blob(path: Path, blob: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -381,18 +388,114 @@ def load_intent(path: Path = INTENT_WEIGHTS) -> IntentArtifact:
     )
 
 
+# Words, and every other character (emoji, punctuation) as a token of its own.
+_TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
+# "sooooo" and "sooo" are one cue: runs of three or more of a character shrink to two.
+_RUN = re.compile(r"(.)\1{2,}")
+
+
+# Hash values of the start and end marks and of shouting; an odd multiplier mixes a bigram's
+# two token hashes so that "not bad" and "bad not" differ.
+_START, _END, _SHOUT, _MIX = 1, 2, 3, 0x9E3779B1
+
+
+def lexical_tokens(text: str) -> tuple[list[str], bool]:
+    """A message's lower-cased tokens and whether a word is shouted (all capitals).
+
+    GoEmotions labels hinge on words such as thanks, sorry, lol or wtf, and on emoji and
+    "!!!", which a sentence embedding trained for similarity blurs.
+    """
+    shouted = any(len(w) > 2 and w.isalpha() and w.isupper() for w in text.split())
+    return _TOKEN.findall(_RUN.sub(r"\1\1", text.replace("\u2019", "'").lower())), shouted
+
+
+def lexical_ids(text: str, buckets: int) -> list[int]:
+    """Distinct bucket ids of a message's tokens, its token bigrams (with start and end marks)
+    and shouting. crc32 because it is stable across processes, unlike hash(); bigrams mix
+    their tokens' hashes instead of hashing a joined string (half the cost)."""
+    tokens, shouted = lexical_tokens(text)
+    hashes = [zlib.crc32(t.encode("utf-8")) for t in tokens]
+    ids = {h % buckets for h in hashes}
+    ids.update(((a * _MIX) ^ b) % buckets for a, b in itertools.pairwise([_START, *hashes, _END]))
+    if shouted:
+        ids.add(_SHOUT % buckets)
+    return list(ids)
+
+
+# A batch's grams for `torch.nn.functional.embedding_bag`: ids [K], each message's first
+# position [B] and per-gram weights [K].
+Grams = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def lexical_pack(rows: Sequence[Sequence[int]]) -> Grams:
+    """`lexical_ids` rows -> `Grams`, each message's grams weighted 1/sqrt(count) so a long
+    comment's many cues do not outvote the embedding. Flat, not padded: Reddit comment
+    lengths are long-tailed, so a padded block would be mostly padding."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=lengths.sum())
+    offsets = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
+    weights = np.repeat(1.0 / np.sqrt(np.maximum(lengths, 1)), lengths).astype(np.float32)
+    return torch.from_numpy(ids), torch.from_numpy(offsets), torch.from_numpy(weights)
+
+
+def lexical_batch(texts: Sequence[str], buckets: int) -> Grams:
+    return lexical_pack([lexical_ids(t, buckets) for t in texts])
+
+
+@dataclass(frozen=True, slots=True)
+class LexiconConfig:
+    buckets: int = 0  # hashed unigram + bigram buckets; 0: no lexical branch
+    members: int = 1
+    out_dim: int = 28
+
+
+class LexicalBag(nn.Module):
+    """`Grams` of B messages -> logits [M, B, C] added to the text ensemble's: per member, a
+    linear model over the message's hashed grams. Starts at zero."""
+
+    def __init__(self, config: LexiconConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.table = nn.Parameter(torch.zeros(max(c.buckets, 1), c.members * c.out_dim))
+
+    def forward(self, grams: Grams) -> torch.Tensor:
+        return lexical_logits(self.table, grams, self.config.members)
+
+    @classmethod
+    def stack(cls, members: Sequence[LexicalBag]) -> LexicalBag:
+        total = sum(m.config.members for m in members)
+        out = cls(replace(members[0].config, members=total))
+        with torch.no_grad():
+            out.table.copy_(torch.cat([m.table for m in members], dim=1))
+        return out
+
+
+def lexical_logits(table: torch.Tensor, grams: Grams, members: int) -> torch.Tensor:
+    """`LexicalBag`'s output [M, B, C] from its table [buckets, M*C]: one fused op."""
+    ids, offsets, weights = grams
+    out = torch.nn.functional.embedding_bag(
+        ids, table, offsets, mode="sum", per_sample_weights=weights
+    )  # [B, M*C]
+    return out.view(out.shape[0], members, -1).transpose(0, 1)
+
+
 class EmotionModel(nn.Module):
-    """Text [B, 384] and speech [B, S] -> calibrated service-emotion log-probabilities [B, 7].
+    """Text [B, 384] (+ the message's hashed grams) and speech [B, S] -> calibrated
+    service-emotion log-probabilities [B, 7].
 
     Each expert's member-averaged, temperature-scaled distribution over its own labels is
     summed into the service emotions; with both present, `w_text * log p_text + w_speech *
-    log p_speech + bias`, renormalised (a weighted product of experts).
+    log p_speech + bias`, renormalised (a weighted product of experts). The text expert's
+    logits are the embedding MLP's plus, when the raw text is given, the lexical branch's.
     """
 
-    def __init__(self, text: EnsembleConfig, speech: EnsembleConfig) -> None:
+    def __init__(
+        self, text: EnsembleConfig, speech: EnsembleConfig, lexicon: LexiconConfig | None = None
+    ) -> None:
         super().__init__()
         self.text = EnsembleMLP(text)
         self.speech = EnsembleMLP(speech)
+        self.lexicon = LexicalBag(lexicon or LexiconConfig(0, text.members, text.out_dim))
         n = len(SERVICE_EMOTIONS)
         self.register_buffer("text_map", torch.zeros(text.out_dim, n))  # [28, 7]
         self.register_buffer("speech_map", torch.zeros(speech.out_dim, n))  # [8, 7]
@@ -409,9 +512,13 @@ class EmotionModel(nn.Module):
     def _expert(self, mlp: EnsembleMLP, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.softmax(mlp(x) / t, dim=-1).mean(dim=0)  # [B, C]
 
-    def text_probs(self, text: torch.Tensor) -> torch.Tensor:
-        """[B, 384] -> [B, 28] calibrated GoEmotions probabilities."""
-        return self._expert(self.text, text, self.get_buffer("temperature")[0])
+    def text_probs(self, text: torch.Tensor, lexical: Grams | None = None) -> torch.Tensor:
+        """[B, 384] and optionally `lexical_batch` of the texts -> [B, 28] calibrated
+        GoEmotions probabilities."""
+        logits = self.text(text)  # [M, B, 28]
+        if lexical is not None and self.lexicon.config.buckets:
+            logits = logits + self.lexicon(lexical)
+        return torch.softmax(logits / self.get_buffer("temperature")[0], dim=-1).mean(dim=0)
 
     def speech_probs(self, speech: torch.Tensor) -> torch.Tensor:
         """[B, S] raw speech features -> [B, 8] calibrated RAVDESS probabilities."""
@@ -425,10 +532,15 @@ class EmotionModel(nn.Module):
         return torch.log_softmax(logits, dim=-1)
 
     def forward(
-        self, text: torch.Tensor, speech: torch.Tensor, has_speech: torch.Tensor
+        self,
+        text: torch.Tensor,
+        speech: torch.Tensor,
+        has_speech: torch.Tensor,
+        lexical: Grams | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (log-probabilities [B, 7], decision scores [B, 7])."""
-        log_text = (self.text_probs(text) @ self.get_buffer("text_map")).clamp_min(1e-6).log()
+        p_text = self.text_probs(text, lexical)
+        log_text = (p_text @ self.get_buffer("text_map")).clamp_min(1e-6).log()
         decision = log_text + self.get_buffer("text_offsets")
         if not bool(has_speech.any()):
             return log_text, decision
@@ -444,6 +556,7 @@ def save_emotion(path: Path, model: EmotionModel, metadata: Mapping[str, Any]) -
         {
             "text": asdict(model.text.config),
             "speech": asdict(model.speech.config),
+            "lexicon": asdict(model.lexicon.config),
             "state_dict": _half(model.state_dict()),
             "emotions": list(SERVICE_EMOTIONS),
             "metadata": dict(metadata),
@@ -455,12 +568,204 @@ def load_emotion(path: Path = EMOTION_WEIGHTS) -> tuple[EmotionModel, dict[str, 
     blob = _load_blob(path)
     if tuple(blob["emotions"]) != SERVICE_EMOTIONS:
         raise ValueError(f"{path}: emotions {blob['emotions']} differ from {SERVICE_EMOTIONS}")
-    model = EmotionModel(EnsembleConfig(**blob["text"]), EnsembleConfig(**blob["speech"]))
+    text = EnsembleConfig(**blob["text"])
+    lexicon = LexiconConfig(**blob.get("lexicon", {"members": text.members}))
+    model = EmotionModel(text, EnsembleConfig(**blob["speech"]), lexicon)
     state = _float(blob["state_dict"])
+    # Checkpoints from before the lexical branch: an empty (all-zero) branch.
+    state.setdefault("lexicon.table", model.lexicon.table.detach().clone())
     # Buffers that set the decision are kept in full precision (fp16 rounding of a
     # temperature or offset would move outputs for no size gain).
     model.load_state_dict(state)
     return model.eval(), dict(blob.get("metadata", {}))
+
+
+# ---------------------------------------------------------------------------- serving path
+
+
+def packed_gemm_available(device: torch.device) -> bool:
+    """fbgemm's float16-weight GEMM (fp32 arithmetic): x86 CPUs only."""
+    return device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
+
+
+class _Gemm:
+    """x [B, in] -> x @ weight.T (+ bias) [B, out]; float16 weights packed for fbgemm where
+    available (checkpoints store float16, so nothing is lost), else a float matmul.
+
+    `pack=False` for small layers: fbgemm's call costs about 8 us more than a float one, more
+    than reading a small float32 weight takes."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        device: torch.device,
+        pack: bool = True,
+    ) -> None:
+        w = weight.detach().float().contiguous()  # [out, in]
+        b = None if bias is None else bias.detach().float().contiguous()
+        self.packed = (
+            torch.ops.quantized.linear_prepack_fp16(w, b)
+            if pack and packed_gemm_available(device)
+            else None
+        )
+        self.weight, self.bias = w.to(device), None if b is None else b.to(device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            out: torch.Tensor = torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+            return out
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def _first_layer(mlp: EnsembleMLP) -> torch.Tensor:
+    """[M, D, H] -> [M*H, D], member-major like `EnsembleMLP.hidden`'s output."""
+    c = mlp.config
+    return mlp.w1.detach().permute(0, 2, 1).reshape(c.members * c.hidden, c.in_dim)
+
+
+class ServingHeads:
+    """What `IntentModel` (with its temperature) and `EmotionModel` compute, in about a third
+    of the operations, for the server's common case of one message at a time.
+
+    At batch 1 the heads do little arithmetic: after a MiniLM forward has evicted them from the
+    caches, the time goes to reading weights and to per-operation overhead. So every first
+    layer that reads the text vector (intent and emotion members alike) is one float16 GEMM,
+    constants are folded in at load time, and no module is called. Tests hold the outputs to
+    the modules'.
+    """
+
+    def __init__(
+        self,
+        intent: IntentModel,
+        temperature: float,
+        emotion: EmotionModel | None,
+        device: torch.device,
+    ) -> None:
+        trunk, film = intent.trunk, intent.film
+        mlps = [trunk] if emotion is None else [trunk, emotion.text]
+        if any(m.config.in_dim != trunk.config.in_dim for m in mlps):
+            raise ValueError("the intent and emotion text heads read different embeddings")
+        # (x * s) @ W + b == (x @ W) * s + b: heads with different input scales share one GEMM
+        # over the unscaled embedding, and the stored float16 weights are used as they are.
+        self.first = _Gemm(torch.cat([_first_layer(m) for m in mlps]), None, device)
+        self.first_scale = torch.cat(
+            [torch.full((m.config.members * m.config.hidden,), m.config.input_scale) for m in mlps]
+        ).to(device)
+        self.first_bias = torch.cat([m.b1.detach().reshape(-1) for m in mlps]).to(device)
+        self.split = trunk.config.members * trunk.config.hidden
+        self.intent_shape = (trunk.config.members, trunk.config.hidden)
+        # The temperature folded into the last layer: logits / T in one matmul.
+        self.temperature = temperature
+        self.intent_w2 = trunk.w2.detach() / temperature
+        self.intent_b2 = trunk.b2.detach() / temperature
+        linears = [m for m in film.net if isinstance(m, nn.Linear)]
+        width = film.config.target
+        # gamma = 1 + generator output: the 1 goes into the last bias. A row without a
+        # profile takes `film_identity` (gamma 1, beta 0, no logit bias) instead.
+        last_bias = linears[1].bias.detach().clone()
+        last_bias[:width] += 1.0
+        self.film1 = _Gemm(linears[0].weight, linears[0].bias, device, pack=False)
+        self.film2 = _Gemm(linears[1].weight, last_bias, device)
+        self.film_identity = torch.zeros_like(last_bias)
+        self.film_identity[:width] = 1.0
+        self.film_width = width
+        self.emotion = emotion
+        if emotion is not None:
+            self.emotion_shape = (emotion.text.config.members, emotion.text.config.hidden)
+            self.emotion_w2, self.emotion_b2 = emotion.text.w2.detach(), emotion.text.b2.detach()
+            lexicon = emotion.lexicon.config
+            self.lexicon_buckets = lexicon.buckets
+            self.lexicon_table = emotion.lexicon.table.detach().float().cpu().numpy()
+            self.lexicon_device = device
+            t = emotion.get_buffer("temperature")
+            self.emotion_inv_t = 1.0 / t
+            self.text_map = emotion.get_buffer("text_map")
+            self.text_offsets = emotion.get_buffer("text_offsets")
+            # The speech features' standardisation folded into the speech first layer.
+            sc = emotion.speech.config
+            std = emotion.get_buffer("speech_std")
+            w = _first_layer(emotion.speech) * (sc.input_scale / std)  # [M*H, S]
+            b = emotion.speech.b1.detach().reshape(-1) - w @ emotion.get_buffer("speech_mean")
+            self.speech_first = _Gemm(w, b, device)
+            self.speech_shape = (sc.members, sc.hidden)
+            self.speech_w2, self.speech_b2 = emotion.speech.w2.detach(), emotion.speech.b2.detach()
+            self.speech_map = emotion.get_buffer("speech_map")
+            self.fusion_weight = emotion.get_buffer("fusion_weight")
+            self.fusion_bias = emotion.get_buffer("fusion_bias")
+
+    def hidden(self, text: torch.Tensor) -> torch.Tensor:
+        """[B, D] -> [B, every first layer's units]."""
+        pre = torch.addcmul(self.first_bias, self.first(text), self.first_scale)
+        return torch.nn.functional.gelu(pre)
+
+    def intent_probs(
+        self, hidden: torch.Tensor, profile: torch.Tensor | None, present: torch.Tensor | None
+    ) -> torch.Tensor:
+        """[B, 78] calibrated probabilities, the member average. `profile` [B, P] or None
+        when no row has one; `present` [B] marks the rows that do, or None when all do (the
+        caller knows these from its inputs, which saves reading them back from tensors)."""
+        h = hidden[:, : self.split].view(-1, *self.intent_shape).transpose(0, 1)  # [M, B, H]
+        logit_bias = None
+        if profile is not None:
+            g = self.film2(torch.nn.functional.gelu(self.film1(profile)))  # [B, 2H + C]
+            if present is not None:
+                g = torch.where(present.unsqueeze(-1), g, self.film_identity)
+            w = self.film_width
+            h = torch.addcmul(g[:, w : 2 * w], h, g[:, :w])
+            if g.shape[1] > 2 * w:
+                logit_bias = g[:, 2 * w :]
+        logits = torch.baddbmm(self.intent_b2, h, self.intent_w2)  # [M, B, C]
+        if logit_bias is not None:
+            logits = logits + logit_bias / self.temperature
+        return torch.softmax(logits, dim=-1).mean(dim=0)
+
+    def _expert(
+        self, h: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, inv_t: torch.Tensor
+    ) -> torch.Tensor:
+        """Members' hidden units [B, M, H] -> member-averaged probabilities [B, C]."""
+        logits = torch.baddbmm(b2, h.transpose(0, 1), w2)  # [M, B, C]
+        return torch.softmax(logits * inv_t, dim=-1).mean(dim=0)
+
+    def lexical_logits(self, texts: Sequence[str]) -> torch.Tensor | None:
+        """What `LexicalBag` adds to the text members' logits, [M, B, C]; None without a
+        lexical branch. A handful of table rows per message, summed in numpy: torch's
+        per-operation overhead would be most of the cost."""
+        if self.emotion is None or not self.lexicon_buckets:
+            return None
+        out = np.empty((len(texts), self.lexicon_table.shape[1]), dtype=np.float32)
+        for i, text in enumerate(texts):
+            ids = lexical_ids(text, self.lexicon_buckets)
+            out[i] = self.lexicon_table[ids].sum(axis=0) * (1.0 / math.sqrt(max(len(ids), 1)))
+        members = out.reshape(len(texts), self.emotion_shape[0], -1).transpose(1, 0, 2)
+        lexical = torch.from_numpy(members)  # [M, B, C]
+        return lexical if self.lexicon_device.type == "cpu" else lexical.to(self.lexicon_device)
+
+    def emotion_scores(
+        self,
+        hidden: torch.Tensor,
+        speech: torch.Tensor,
+        has_speech: torch.Tensor,
+        lexical: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `EmotionModel.forward`: (log-probabilities [B, 7], decision scores [B, 7]).
+        `lexical`: `lexical_logits` of the messages, or None."""
+        if self.emotion is None:
+            raise ValueError("built without an emotion model")
+        h = hidden[:, self.split :].view(-1, *self.emotion_shape)
+        b2 = self.emotion_b2 if lexical is None else self.emotion_b2 + lexical  # [M, B, C]
+        probs = self._expert(h, self.emotion_w2, b2, self.emotion_inv_t[0])
+        log_text = (probs @ self.text_map).clamp_min(1e-6).log()
+        decision = log_text + self.text_offsets
+        if not bool(has_speech.any()):
+            return log_text, decision
+        hs = torch.nn.functional.gelu(self.speech_first(speech)).view(-1, *self.speech_shape)
+        speech_probs = self._expert(hs, self.speech_w2, self.speech_b2, self.emotion_inv_t[1])
+        log_speech = (speech_probs @ self.speech_map).clamp_min(1e-6).log()
+        w = self.fusion_weight
+        fused = torch.log_softmax(w[0] * log_text + w[1] * log_speech + self.fusion_bias, dim=-1)
+        on = has_speech.unsqueeze(-1)
+        return torch.where(on, fused, log_text), torch.where(on, fused, decision)
 
 
 # ---------------------------------------------------------------------------- inference
@@ -492,6 +797,9 @@ class Understanding:
         self.device = device
         self.intent_model = intent.model.to(device).eval()
         self.emotion_model = emotion.to(device).eval()
+        self.serving = ServingHeads(
+            self.intent_model, intent.temperature, self.emotion_model, device
+        )
         self.intents = intent.intents
         self.temperature = intent.temperature
         self.oos_threshold = intent.oos_threshold
@@ -521,6 +829,13 @@ class Understanding:
         emotion, _ = load_emotion(emotion_path)
         return cls(load_intent(intent_path), emotion, device or torch.device("cpu"), space)
 
+    def _lexical(self, texts: Sequence[str] | None, n: int) -> torch.Tensor | None:
+        if texts is None:
+            return None
+        if len(texts) != n:
+            raise ValueError(f"{len(texts)} texts for {n} messages")
+        return self.serving.lexical_logits(texts)
+
     def _rows(
         self, vecs: Sequence[Vector | None] | None, n: int, dim: int, name: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -543,10 +858,10 @@ class Understanding:
         self, text: torch.Tensor, profile: torch.Tensor, present: torch.Tensor
     ) -> torch.Tensor:
         """[B, 78] calibrated probabilities (77 intents, then out-of-scope)."""
-        if not self.use_profile:
-            present = torch.zeros_like(present)
-        logits = self.intent_model(text, profile, present)  # [M, B, 78]
-        return torch.softmax(logits.float() / self.temperature, dim=-1).mean(dim=0)
+        hidden = self.serving.hidden(text)
+        if not self.use_profile or not bool(present.any()):
+            return self.serving.intent_probs(hidden, None, None)
+        return self.serving.intent_probs(hidden, profile, None if present.all() else present)
 
     @torch.inference_mode()
     def predict_many(
@@ -554,9 +869,12 @@ class Understanding:
         text_vecs: npt.ArrayLike,
         profile_vecs: Sequence[Vector | None] | None = None,
         speech_vecs: Sequence[Vector | None] | None = None,
+        texts: Sequence[str] | None = None,
     ) -> list[UnderstandingResult]:
         """One batched forward of both heads. `text_vecs` [N, 384]; per message, a profile
-        vector [128] and speech features [136] or None."""
+        vector [128] and speech features [136] or None; `texts`: the messages themselves,
+        for the emotion head's lexical cues (without them it reads the embedding alone,
+        which is less accurate)."""
         text_np = np.asarray(text_vecs, dtype=np.float32).reshape(
             -1, self.intent_model.trunk.config.in_dim
         )
@@ -566,25 +884,42 @@ class Understanding:
         text = torch.from_numpy(text_np).to(self.device)
         profile, has_profile = self._rows(profile_vecs, n, self.profile_dim, "profile")
         speech, has_speech = self._rows(speech_vecs, n, self.speech_dim, "speech")
-        probs = self.intent_probs(text, profile, has_profile).cpu().numpy()  # [B, 78]
-        log_emotion, decision = self.emotion_model(text, speech, has_speech)
-        emotion = log_emotion.exp().cpu().numpy()  # [B, 7]
-        emotion_label = decision.argmax(dim=-1).cpu().numpy()
-        return [self._result(probs[i], emotion[i], int(emotion_label[i])) for i in range(n)]
-
-    def _result(self, probs: Vector, emotion: Vector, emotion_label: int) -> UnderstandingResult:
-        in_scope = probs[:-1]
-        top = np.argsort(-in_scope)[:2]
-        best = float(in_scope[top[0]])
-        oos = int(np.argmax(probs)) == len(probs) - 1 or best < self.oos_threshold
-        intent, confidence = (OUT_OF_SCOPE, 1.0 - best) if oos else (self.intents[top[0]], best)
-        scores = emotion / max(float(emotion.sum()), 1e-12)
-        return UnderstandingResult(
-            intent=intent,
-            intent_confidence=float(confidence),
-            top2=tuple((self.intents[i], float(in_scope[i])) for i in top),
-            emotion=SERVICE_EMOTIONS[emotion_label],
-            emotion_scores={
-                name: float(s) for name, s in zip(SERVICE_EMOTIONS, scores, strict=True)
-            },
+        hidden = self.serving.hidden(text)
+        with_profile = (
+            sum(v is not None for v in profile_vecs)
+            if profile_vecs is not None and self.use_profile
+            else 0
         )
+        probs = self.serving.intent_probs(
+            hidden,
+            profile if with_profile else None,
+            None if with_profile == n else has_profile,
+        )  # [B, 78]
+        log_emotion, decision = self.serving.emotion_scores(
+            hidden, speech, has_speech, self._lexical(texts, n)
+        )
+        emotion = log_emotion.exp()
+        scores = emotion / emotion.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        top_p, top = probs[:, :-1].topk(2, dim=1)
+        oos_wins = probs.argmax(dim=1) == probs.shape[1] - 1
+        # Python lists from here: per-element tensor access costs more than the heads.
+        results = []
+        for row, p, oos_best, label, score in zip(
+            top.tolist(),
+            top_p.tolist(),
+            oos_wins.tolist(),
+            decision.argmax(dim=1).tolist(),
+            scores.tolist(),
+            strict=True,
+        ):
+            out = oos_best or p[0] < self.oos_threshold
+            results.append(
+                UnderstandingResult(
+                    intent=OUT_OF_SCOPE if out else self.intents[row[0]],
+                    intent_confidence=1.0 - p[0] if out else p[0],
+                    top2=tuple((self.intents[i], q) for i, q in zip(row, p, strict=True)),
+                    emotion=SERVICE_EMOTIONS[label],
+                    emotion_scores=dict(zip(SERVICE_EMOTIONS, score, strict=True)),
+                )
+            )
+        return results

@@ -37,10 +37,17 @@ from fusion.understanding import (
     FiLMConfig,
     IntentArtifact,
     IntentModel,
+    LexicalBag,
+    LexiconConfig,
     Understanding,
     expected_calibration_error,
     fit_temperature,
+    lexical_batch,
+    lexical_ids,
+    lexical_tokens,
+    load_emotion,
     mapping_matrix,
+    save_emotion,
 )
 
 INTENTS = (*(f"intent_{i}" for i in range(77)), OUT_OF_SCOPE)
@@ -52,14 +59,17 @@ def _nonzero_film(model: IntentModel) -> None:
             p.normal_(0.0, 0.5)
 
 
-def _understanding(seed: int = 0) -> Understanding:
+def _understanding(seed: int = 0, buckets: int = 0) -> Understanding:
     torch.manual_seed(seed)
     intent = IntentModel(EnsembleConfig(members=2, hidden=32), FiLMConfig(target=32))
     _nonzero_film(intent)
     emotion = EmotionModel(
         EnsembleConfig(members=2, hidden=16, out_dim=28),
         EnsembleConfig(members=2, in_dim=136, hidden=16, out_dim=8, input_scale=1.0),
+        LexiconConfig(buckets, members=2),
     )
+    with torch.no_grad():
+        emotion.lexicon.table.normal_(0.0, 2.0)
     emotion.get_buffer("text_map").copy_(
         torch.from_numpy(mapping_matrix(_GOEMOTIONS, SERVICE_EMOTIONS, GOEMOTIONS_TO_SERVICE))
     )
@@ -71,6 +81,9 @@ def _understanding(seed: int = 0) -> Understanding:
 
 
 _GOEMOTIONS = tuple(GOEMOTIONS_TO_SERVICE)
+
+
+MESSAGES = ["Thanks sooooo much!!! 😊", "WTF, this is the THIRD time", "sorry, I meant Tuesday"]
 
 
 def _unit(rows: int, dim: int, seed: int) -> npt.NDArray[np.float32]:
@@ -151,6 +164,64 @@ def test_wrong_dimensions_are_rejected() -> None:
     assert heads.predict_many(np.zeros((0, 384), np.float32)) == []
 
 
+def test_lexical_cues_are_words_symbols_bigrams_and_shouting() -> None:
+    tokens, shouted = lexical_tokens(MESSAGES[0])
+    assert tokens == ["thanks", "soo", "much", "!", "!", "😊"] and not shouted
+    assert lexical_tokens(MESSAGES[1])[1]
+    assert lexical_tokens("It\u2019s fine") == lexical_tokens("it's fine")
+    ids = lexical_ids(MESSAGES[2], 64)
+    assert len(ids) == len(set(ids)) and all(0 <= i < 64 for i in ids)
+    # crc32, not the per-process salted hash(): the same ids in every process.
+    assert sorted(lexical_ids("thanks", 1 << 20)) == [151535, 341598, 984316]
+    # Word order matters through the bigrams.
+    assert set(lexical_ids("not bad", 1 << 20)) != set(lexical_ids("bad not", 1 << 20))
+    flat, offsets, weights = lexical_batch(MESSAGES, 64)
+    lengths = [len(lexical_ids(m, 64)) for m in MESSAGES]
+    assert flat.tolist() == [i for m in MESSAGES for i in lexical_ids(m, 64)]
+    assert offsets.tolist() == [0, lengths[0], lengths[0] + lengths[1]]
+    first = weights[: lengths[0]]
+    assert torch.allclose((first**2).sum(), torch.tensor(1.0))
+
+
+def test_the_lexical_branch_moves_only_the_emotion_and_only_with_texts() -> None:
+    made = _understanding(buckets=64)
+    # Checkpoints hold float16 weights, which the serving path reads as they are.
+    for model in (made.intent_model, made.emotion_model):
+        model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    artifact = IntentArtifact(made.intent_model, INTENTS, made.temperature, 0.2, None)
+    heads = Understanding(artifact, made.emotion_model, torch.device("cpu"))
+    text = _unit(3, 384, 10)
+    plain = heads.predict_many(text)
+    cued = heads.predict_many(text, texts=MESSAGES)
+    assert [r.intent_confidence for r in plain] == [r.intent_confidence for r in cued]
+    assert [r.emotion_scores for r in plain] != [r.emotion_scores for r in cued]
+    lexical = lexical_batch(MESSAGES, 64)
+    log_p, _ = heads.emotion_model(
+        torch.from_numpy(text), torch.zeros(3, 136), torch.zeros(3, dtype=torch.bool), lexical
+    )
+    for r, row in zip(cued, log_p.exp().tolist(), strict=True):
+        assert list(r.emotion_scores.values()) == pytest.approx(row, abs=1e-5)
+    with pytest.raises(ValueError, match="2 texts for 3 messages"):
+        heads.predict_many(text, texts=MESSAGES[:2])
+    without = _understanding(buckets=0)
+    assert without.predict_many(text, texts=MESSAGES) == without.predict_many(text)
+
+
+def test_lexical_members_stack_and_the_branch_survives_a_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    bags = [LexicalBag(LexiconConfig(32, 1, 28)) for _ in range(2)]
+    for bag in bags:
+        torch.nn.init.normal_(bag.table)
+    stacked = LexicalBag.stack(bags)
+    grams = lexical_batch(MESSAGES, 32)
+    assert torch.allclose(stacked(grams), torch.cat([b(grams) for b in bags]))
+    model = _understanding(buckets=32).emotion_model
+    save_emotion(tmp_path / "emotion.pt", model, {})
+    loaded, _ = load_emotion(tmp_path / "emotion.pt")
+    assert loaded.lexicon.config == model.lexicon.config
+    assert torch.allclose(loaded.lexicon.table, model.lexicon.table.half().float())
+
+
 def test_the_same_seed_trains_the_same_head() -> None:
     x = _unit(64, 384, 8)
     y = one_hot(np.arange(64) % 5, 5)
@@ -219,3 +290,33 @@ def test_data_sets_load_with_the_expected_counts_and_labels() -> None:
     assert set(go.names) == set(GOEMOTIONS_TO_SERVICE)
     ekman = load_goemotions(data, "dev", "ekman")
     assert set(ekman.names) == set(GOEMOTIONS_TO_EKMAN.values())
+
+
+def test_the_serving_path_computes_what_the_modules_compute() -> None:
+    made = _understanding()
+    # Checkpoints hold float16 weights, which the serving path reads as they are.
+    for model in (made.intent_model, made.emotion_model):
+        model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    artifact = IntentArtifact(made.intent_model, INTENTS, made.temperature, 0.2, None)
+    heads = Understanding(artifact, made.emotion_model, torch.device("cpu"))
+    text = _unit(4, 384, 11)
+    profile = torch.from_numpy(_unit(4, 128, 12))
+    t = torch.from_numpy(text)
+    for present in ([True] * 4, [True, False, True, False], [False] * 4):
+        on = torch.tensor(present)
+        logits = heads.intent_model(t, profile, on)
+        expected = torch.softmax(logits / heads.temperature, dim=-1).mean(dim=0)
+        assert torch.allclose(heads.intent_probs(t, profile, on), expected, atol=1e-5)
+    speech = torch.from_numpy(_unit(4, 136, 13))
+    has_speech = torch.tensor([True, False, True, True])
+    log_p, decision = heads.emotion_model(t, speech, has_speech)
+    results = heads.predict_many(
+        text,
+        None,
+        [s if on else None for s, on in zip(speech.numpy(), has_speech.tolist(), strict=True)],
+    )
+    for r, row, label in zip(
+        results, log_p.exp().tolist(), decision.argmax(-1).tolist(), strict=True
+    ):
+        assert list(r.emotion_scores.values()) == pytest.approx(row, abs=1e-5)
+        assert r.emotion == SERVICE_EMOTIONS[label]
