@@ -753,7 +753,7 @@ class ModelBench:
             models.fusion.fuse_many([FuseRequest(vector[0], None, self.events, self.now)])
             stages["fusion"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            models.understanding.predict_many(vector, [self.profile], [None])
+            models.understanding.predict_many(vector, [self.profile], [None], [text])
             stages["intent + emotion heads"].append(time.perf_counter() - started)
         return stages
 

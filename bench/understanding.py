@@ -4,9 +4,10 @@ One message at a time (the server's worst case: a lone request is its own batch)
 device `ASSISTANT_DEVICE` picks and, on a CPU, with the threads the server gives a lone
 request (`fusion.runtime.ThreadPolicy`: half the usable cores unless `--lone-threads`). For
 each message: the MiniLM embedding, then both heads (intent with a profile, emotion with
-speech features on every other message). Prints the p50/p90 of each and the target: the
-heads add <= 1 ms p50 per message over the encoder. Then the heads' per-message cost when
-the micro-batcher hands them a batch (`--batch`, on `--threads`).
+the text for its lexical cues and speech features on every other message). Prints the
+p50/p90 of each and the target: the heads add <= 1 ms p50 per message over the encoder.
+Then the heads' per-message cost when the micro-batcher hands them a batch (`--batch`, on
+`--threads`).
 
     .venv/bin/python bench/understanding.py --messages 300
     .venv/bin/python bench/understanding.py --messages 300 --lone-threads 2 --json var/u.json
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     profile /= np.linalg.norm(profile)
     speech = rng.standard_normal(heads.speech_dim).astype(np.float32)
     for text in MESSAGES:  # warm-up: lazy initialisation, allocator, caches
-        heads.predict_many(encoder.encode([text]), [profile], [speech])
+        heads.predict_many(encoder.encode([text]), [profile], [speech], [text])
     encode_s: list[float] = []
     heads_s: list[float] = []
     for i in range(args.messages):
@@ -84,20 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         middle = time.perf_counter()
-        heads.predict_many(vec, [profile], [speech if i % 2 else None])
+        heads.predict_many(vec, [profile], [speech if i % 2 else None], [text])
         end = time.perf_counter()
         encode_s.append(middle - start)
         heads_s.append(end - middle)
     # The server's micro-batcher hands the heads whole batches under load: per-message cost
     # of one batched call, on the batch's threads.
     torch.set_num_threads(args.threads)
-    vecs = encoder.encode([MESSAGES[i % len(MESSAGES)] for i in range(args.batch)])
+    texts = [MESSAGES[i % len(MESSAGES)] for i in range(args.batch)]
+    vecs = encoder.encode(texts)
     profiles = [profile] * args.batch
     speeches = [speech if i % 2 else None for i in range(args.batch)]
     batched_s: list[float] = []
     for _ in range(max(20, args.messages // 4)):
         start = time.perf_counter()
-        heads.predict_many(vecs, profiles, speeches)
+        heads.predict_many(vecs, profiles, speeches, texts)
         batched_s.append((time.perf_counter() - start) / args.batch)
     result = {
         "device": str(device),

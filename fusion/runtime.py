@@ -60,13 +60,6 @@ class Observation:
 
 
 @dataclass(frozen=True, slots=True)
-class UnderstandRequest:
-    text_vector: Vector  # [384]
-    profile: Vector | None  # [128], from the fusion model these heads were trained with
-    speech: Vector | None = None  # [speech_dim] when the message was spoken
-
-
-@dataclass(frozen=True, slots=True)
 class TurnInput:
     """Everything the models read of one message, known when it arrives."""
 
@@ -112,7 +105,6 @@ class FusionRuntime:
         self.load_seconds = time.perf_counter() - started
         self._text: MicroBatcher[str, Vector] | None = None
         self._fuse: MicroBatcher[FuseRequest, FuseResult] | None = None
-        self._understand: MicroBatcher[UnderstandRequest, UnderstandingResult] | None = None
         self._turn: MicroBatcher[TurnInput, TurnReading] | None = None
         self._threads = ThreadPolicy(self.config.lone_threads, cpu=self.device.type == "cpu")
 
@@ -134,13 +126,6 @@ class FusionRuntime:
                 self._threads.wrap(self.fusion.fuse_many), self.config.batcher, name="fusion"
             )
             self._fuse.start()
-        if self._understand is None:
-            self._understand = MicroBatcher(
-                self._threads.wrap(self._understand_batch),
-                self.config.batcher,
-                name="understanding",
-            )
-            self._understand.start()
         if self._turn is None:
             self._turn = MicroBatcher(
                 self._threads.wrap(self._read_batch), self.config.batcher, name="turn"
@@ -148,8 +133,8 @@ class FusionRuntime:
             self._turn.start()
 
     async def stop(self) -> None:
-        batchers = (self._text, self._fuse, self._understand, self._turn)
-        self._text = self._fuse = self._understand = self._turn = None
+        batchers = (self._text, self._fuse, self._turn)
+        self._text = self._fuse = self._turn = None
         for batcher in batchers:
             if batcher is not None:
                 await batcher.stop()
@@ -157,9 +142,7 @@ class FusionRuntime:
     @property
     def batchers(self) -> tuple[MicroBatcher[Any, Any], ...]:
         """The running micro-batchers, one per model (for metrics)."""
-        return tuple(
-            b for b in (self._turn, self._text, self._fuse, self._understand) if b is not None
-        )
+        return tuple(b for b in (self._turn, self._text, self._fuse) if b is not None)
 
     @property
     def text_batcher(self) -> MicroBatcher[str, Vector]:
@@ -189,22 +172,6 @@ class FusionRuntime:
             FuseRequest(text_vector, observation.speech, observation.events, observation.now)
         )
 
-    def _understand_batch(self, requests: Sequence[UnderstandRequest]) -> list[UnderstandingResult]:
-        return self.understanding.predict_many(
-            np.stack([r.text_vector for r in requests]),
-            [r.profile for r in requests],
-            [r.speech for r in requests],
-        )
-
-    async def understand(
-        self, text_vector: Vector, profile: Vector | None, speech: Vector | None = None
-    ) -> UnderstandingResult:
-        """Intent (with out-of-scope) and emotion of one message, conditioned on the profile
-        as it stood before the message; a spoken message's speech features inform the emotion."""
-        if self._understand is None:
-            raise RuntimeError("FusionRuntime.start() has not been called")
-        return await self._understand.submit(UnderstandRequest(text_vector, profile, speech))
-
     def _read_batch(self, inputs: Sequence[TurnInput]) -> list[TurnReading]:
         # The three models back to back in one worker call: a chat turn needs all of them,
         # and each hand-over between the event loop and a worker thread costs more than the
@@ -217,7 +184,10 @@ class FusionRuntime:
             ]
         )
         understood = self.understanding.predict_many(
-            np.stack(vectors), [i.profile for i in inputs], [i.speech for i in inputs]
+            np.stack(vectors),
+            [i.profile for i in inputs],
+            [i.speech for i in inputs],
+            [i.text for i in inputs],
         )
         return [TurnReading(v, f, u) for v, f, u in zip(vectors, fused, understood, strict=True)]
 

@@ -1387,14 +1387,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     emotion = sub.add_parser("emotion", parents=[common], help="text + speech emotion heads")
     emotion.add_argument("--text-members", type=int, default=3)
-    emotion.add_argument("--text-hidden", type=int, default=512)
+    emotion.add_argument("--text-hidden", type=int, default=256)
     emotion.add_argument("--text-epochs", type=int, default=8)
     emotion.add_argument(
-        "--lexicon-buckets", type=int, default=0, help="hashed gram buckets (0: none)"
+        "--lexicon-buckets", type=int, default=4096, help="hashed gram buckets (0: none)"
     )
     emotion.add_argument("--lexicon-lr", type=float, default=5e-3)
     emotion.add_argument(
-        "--grouped-loss", type=float, default=0.0, help="weight of the service/Ekman loss"
+        "--grouped-loss", type=float, default=0.5, help="weight of the service/Ekman loss"
     )
     emotion.add_argument("--speech-members", type=int, default=3)
     emotion.add_argument("--speech-hidden", type=int, default=256)

@@ -1,16 +1,19 @@
-"""CPU threads of model forwards: a lone request on fewer cores, batches on all of them."""
+"""The turn batch: CPU threads of model forwards (a lone request on fewer cores, batches on all
+of them) and what the batch hands the heads."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import pytest
 import torch
 
+from assistant import Models
 from assistant.config import Settings, SettingsError
 from assistant.runtime import fusion_config
-from fusion.runtime import ThreadPolicy
+from fusion.runtime import ThreadPolicy, TurnInput
 
 
 def _threads_seen(policy: ThreadPolicy, batches: Sequence[Sequence[int]]) -> list[int]:
@@ -66,3 +69,15 @@ def test_lone_threads_setting(value: str | None, expected: int | None) -> None:
 def test_bad_lone_threads_setting_is_refused(value: str) -> None:
     with pytest.raises(SettingsError, match="ASSISTANT_LONE_THREADS"):
         Settings.from_env({"ASSISTANT_LONE_THREADS": value})
+
+
+async def test_a_turn_reads_the_message_text_for_the_emotion_cues(models: Models) -> None:
+    """The shipped emotion head has lexical cues: the turn batch hands it each message."""
+    text = "thank you so much!!! that fixed it :)"
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    reading = models._read_batch([TurnInput(text, None, [], now)])[0]
+    vector = reading.text_vector[None, :]
+    with_text = models.understanding.predict_many(vector, [None], [None], [text])[0]
+    without = models.understanding.predict_many(vector, [None], [None])[0]
+    assert reading.understanding.emotion_scores == with_text.emotion_scores
+    assert with_text.emotion_scores != without.emotion_scores
