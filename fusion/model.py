@@ -343,20 +343,23 @@ class FusionModel(nn.Module):
             out.append(present & keep)
         return out
 
-    def _projections(
+    def _encode(
         self,
         text: torch.Tensor,
-        speech_std: torch.Tensor,
+        speech: torch.Tensor,
         behaviour: BehaviourTensors,
-        present: torch.Tensor,
+        masks: torch.Tensor,
         *,
         skip_absent: bool = False,
-    ) -> torch.Tensor:
-        """[B, 3, D]: each modality in the shared space, zero where it is absent.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Present modalities [B, 3], standardised speech [B, S] and each modality in the
+        shared space [B, 3, D], zero where it is absent.
 
         With `skip_absent`, a modality absent from every row is not computed at all: its
         slot would be zeroed anyway (a chat turn has no speech, often no events).
         """
+        present = masks.bool() & self.uses.unsqueeze(0)
+        speech_std = (speech - self.speech_mean) / self.speech_std
 
         def needed(i: int) -> bool:
             return not skip_absent or bool(present[:, i].any())
@@ -371,7 +374,7 @@ class FusionModel(nn.Module):
             dim=1,
         )  # [B, 3, D]
         # Whatever an absent modality's input holds (zeros, garbage, NaN) stops here.
-        return torch.where(present.unsqueeze(-1), h, torch.zeros_like(h))
+        return present, speech_std, torch.where(present.unsqueeze(-1), h, torch.zeros_like(h))
 
     def infer(
         self,
@@ -382,9 +385,7 @@ class FusionModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """What serving needs of `forward` (eval mode): z, gates, intent and emotion logits,
         without the training-only decoders and without encoders of absent modalities."""
-        present = masks.bool() & self.uses.unsqueeze(0)
-        speech_std = (speech - self.speech_mean) / self.speech_std
-        h = self._projections(text, speech_std, behaviour, present, skip_absent=True)
+        present, _, h = self._encode(text, speech, behaviour, masks, skip_absent=True)
         return self.fuse(h, present)
 
     def forward(
@@ -394,9 +395,7 @@ class FusionModel(nn.Module):
         behaviour: BehaviourTensors,  # [B, T] ids
         masks: torch.Tensor,  # [B, 3] bool, present modalities
     ) -> FusionOutput:
-        present = masks.bool() & self.uses.unsqueeze(0)
-        speech_std = (speech - self.speech_mean) / self.speech_std  # [B, S]
-        h = self._projections(text, speech_std, behaviour, present)
+        present, speech_std, h = self._encode(text, speech, behaviour, masks)
         used = self.drop_modalities(present)
         z, gates, intent_logits, emotion_logits = self.fuse(h, used)
         return FusionOutput(

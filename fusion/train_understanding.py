@@ -691,8 +691,8 @@ def soft_targets(labels: Sequence[tuple[int, ...]], n: int) -> FloatArray:
 
 @dataclass(frozen=True, slots=True)
 class LexiconFit:
-    # 0: the embedding MLP alone. The server passes no texts to the heads yet, so a head with
-    # lexical cues is opt-in (docs/understanding.md, Emotion: 4096 with grouped 0.5).
+    # Hashed gram buckets of the lexical cues; 0: the embedding MLP alone. The shipped head's
+    # settings (4,096 buckets, grouped loss 0.5) are the command line's defaults.
     buckets: int = 0
     # The table sees each gram in few rows; a higher rate than the MLP's lets rare cues move.
     lr: float = 5e-3
