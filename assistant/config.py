@@ -73,6 +73,8 @@ class Settings:
     batch_queue: int = 1024
     # CPU threads of a model forward for a lone message; None: half the usable cores.
     lone_threads: int | None = None
+    # Turn batches the models run at once; None: two on a CPU with two cores or more.
+    batch_workers: int | None = None
     sqlite_synchronous: str = "NORMAL"
     # PostgreSQL connection pool of each replica (SQLite opens connections as needed).
     db_pool_size: int = 10
@@ -118,6 +120,14 @@ class Settings:
             value = number(name, default, kind)
             if value < 0:
                 raise SettingsError(f"ASSISTANT_{name}={value!r} must not be negative")
+            return value
+
+        def batch_workers() -> int | None:
+            if get("BATCH_WORKERS") is None:
+                return None
+            value = int(number("BATCH_WORKERS", 0, int))
+            if value < 1:
+                raise SettingsError(f"ASSISTANT_BATCH_WORKERS={value!r} must be at least 1")
             return value
 
         def lone_threads() -> int | None:
@@ -202,6 +212,7 @@ class Settings:
             batch_wait_ms=number("BATCH_WAIT_MS", defaults.batch_wait_ms, float),
             batch_queue=int(number("BATCH_QUEUE", defaults.batch_queue, int)),
             lone_threads=lone_threads(),
+            batch_workers=batch_workers(),
             sqlite_synchronous=choice(
                 "SQLITE_SYNCHRONOUS", "normal", ("off", "normal", "full", "extra")
             ).upper(),

@@ -49,6 +49,7 @@ def fusion_config(settings: Settings) -> FusionConfig:
             max_queue=settings.batch_queue,
         ),
         lone_threads=settings.lone_threads,
+        batch_workers=settings.batch_workers,
     )
 
 

@@ -1,8 +1,9 @@
-"""Async micro-batching: many coroutines submit single items, one worker thread runs batches.
+"""Async micro-batching: many coroutines submit single items, worker threads run batches.
 
-The dispatcher never waits when the worker is idle and the wait is 0: a lone request runs at
-once, and requests that arrive while a batch is running form the next batch. A positive
-`max_wait_s` holds a partial batch open that long for more requests to join.
+The dispatcher never waits when a worker is idle and the wait is 0: a lone request runs at
+once, and requests that arrive while the workers are busy form the next batch. A positive
+`max_wait_s` holds a partial batch open that long for more requests to join. With
+`workers` > 1, that many batches may run at once (each in its own thread).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class BatcherConfig:
     max_batch: int = 32
     max_wait_s: float = 0.0
     max_queue: int = 1024
+    # Batches in flight at once.
+    workers: int = 1
 
 
 @dataclass(slots=True)
@@ -52,8 +55,8 @@ class MicroBatcher(Generic[T, R]):
         name: str = "batcher",
     ) -> None:
         self.config = config or BatcherConfig()
-        if self.config.max_batch < 1 or self.config.max_queue < 1:
-            raise ValueError("max_batch and max_queue must be at least 1")
+        if min(self.config.max_batch, self.config.max_queue, self.config.workers) < 1:
+            raise ValueError("max_batch, max_queue and workers must be at least 1")
         self.name = name
         self.stats = BatcherStats()
         self._fn = fn
@@ -61,8 +64,9 @@ class MicroBatcher(Generic[T, R]):
         self._arrived = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
-        # The batch in the worker thread: stop() must answer its callers too.
-        self._inflight: list[tuple[T, asyncio.Future[R], float]] = []
+        self._free = asyncio.Semaphore(self.config.workers)
+        # The batches in worker threads: stop() must answer their callers too.
+        self._running: dict[asyncio.Task[None], list[tuple[T, asyncio.Future[R], float]]] = {}
 
     @property
     def depth(self) -> int:
@@ -70,7 +74,9 @@ class MicroBatcher(Generic[T, R]):
 
     def start(self) -> None:
         if self._task is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.config.workers, thread_name_prefix=self.name
+            )
             self._task = asyncio.create_task(self._dispatch(), name=f"{self.name}-dispatch")
 
     async def stop(self) -> None:
@@ -79,9 +85,13 @@ class MicroBatcher(Generic[T, R]):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        waiting = [*self._inflight, *self._queue]
-        self._inflight = []
+        running, self._running = self._running, {}
+        waiting = [entry for batch in running.values() for entry in batch]
+        waiting.extend(self._queue)
         self._queue.clear()
+        for batch_task in running:
+            batch_task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         for _, future, _ in waiting:
             if not future.done():
                 future.set_exception(Overloaded(f"{self.name} stopped"))
@@ -113,7 +123,6 @@ class MicroBatcher(Generic[T, R]):
                 return
 
     async def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._arrived.clear()
@@ -121,31 +130,41 @@ class MicroBatcher(Generic[T, R]):
                 continue
             if self.config.max_wait_s > 0:
                 await self._gather_more()
+            # A batch takes what has queued by the time a worker is free.
+            await self._free.acquire()
             batch = [
                 self._queue.popleft() for _ in range(min(self.config.max_batch, len(self._queue)))
             ]
             live = [entry for entry in batch if not entry[1].cancelled()]
             if not live:
+                self._free.release()
                 continue
-            started = time.perf_counter()
-            self.stats.waits_s.extend(started - queued for _, _, queued in live)
-            self._inflight = live
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._fn, [item for item, _, _ in live]
-                )
-                if len(results) != len(live):
-                    raise RuntimeError(f"{self.name} returned {len(results)} for {len(live)}")
-            except Exception as exc:
-                for _, future, _ in live:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for (_, future, _), result in zip(live, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-            self._inflight = []
-            self._record(len(live), time.perf_counter() - started)
+            task = asyncio.create_task(self._run(live), name=f"{self.name}-batch")
+            self._running[task] = live
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._free.release()
+
+    async def _run(self, live: list[tuple[T, asyncio.Future[R], float]]) -> None:
+        started = time.perf_counter()
+        self.stats.waits_s.extend(started - queued for _, _, queued in live)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._fn, [item for item, _, _ in live]
+            )
+            if len(results) != len(live):
+                raise RuntimeError(f"{self.name} returned {len(results)} for {len(live)}")
+        except Exception as exc:
+            for _, future, _ in live:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future, _), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        self._record(len(live), time.perf_counter() - started)
 
     def _record(self, size: int, seconds: float) -> None:
         stats = self.stats

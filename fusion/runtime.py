@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ class FusionConfig:
     # the event loop and the database run beside the model: a forward spread over every
     # core waits for whichever core they hold, so the turn is slower than on fewer threads.
     lone_threads: int | None = None
+    # Turn batches in flight at once; None: two on a CPU with two cores or more, else one.
+    batch_workers: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,11 @@ class FusionRuntime:
     def dim(self) -> int:
         return self.fusion.dim
 
+    def _turn_workers(self) -> int:
+        if self.config.batch_workers is not None:
+            return max(1, self.config.batch_workers)
+        return 2 if self.device.type == "cpu" and self._threads.usable >= 2 else 1
+
     def _encode_batch(self, texts: Sequence[str]) -> list[Vector]:
         return list(self.text_encoder.encode(texts))
 
@@ -128,7 +135,9 @@ class FusionRuntime:
             self._fuse.start()
         if self._turn is None:
             self._turn = MicroBatcher(
-                self._threads.wrap(self._read_batch), self.config.batcher, name="turn"
+                self._threads.wrap(self._read_batch),
+                replace(self.config.batcher, workers=self._turn_workers()),
+                name="turn",
             )
             self._turn.start()
 
@@ -211,7 +220,10 @@ class FusionRuntime:
 
 
 class ThreadPolicy:
-    """Sets torch's CPU threads, in each batcher's worker thread, by the size of its batch."""
+    """Sets torch's CPU threads, in each batcher's worker thread, by the size of its batch and
+    the batches running beside it: a lone message gets `lone` threads, a batch its share of
+    all of them. Two batches on one core each outrun one batch on two cores: a forward split
+    across cores waits at every op for whichever core another thread holds."""
 
     def __init__(self, lone: int | None, *, cpu: bool) -> None:
         self.batch = torch.get_num_threads()
@@ -223,6 +235,8 @@ class ThreadPolicy:
         self.lone = max(1, lone if lone is not None else self.usable // 2)
         self._cpu = cpu
         self._current = threading.local()
+        self._lock = threading.Lock()
+        self._running = 0
 
     def wrap(
         self, run: Callable[[Sequence[Any]], list[Any]]
@@ -231,10 +245,17 @@ class ThreadPolicy:
             return run
 
         def sized(batch: Sequence[Any]) -> list[Any]:
-            threads = self.lone if len(batch) == 1 else self.batch
-            if getattr(self._current, "threads", None) != threads:
-                torch.set_num_threads(threads)
-                self._current.threads = threads
-            return run(batch)
+            with self._lock:
+                self._running += 1
+                running = self._running
+            try:
+                threads = self.lone if len(batch) == 1 else max(1, self.batch // running)
+                if getattr(self._current, "threads", None) != threads:
+                    torch.set_num_threads(threads)
+                    self._current.threads = threads
+                return run(batch)
+            finally:
+                with self._lock:
+                    self._running -= 1
 
         return sized

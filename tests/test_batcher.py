@@ -398,3 +398,76 @@ async def test_restart_after_stop_serves_again() -> None:
         assert await batcher.submit(4) == 16
     finally:
         await batcher.stop()
+
+
+# more than one worker
+
+
+class Meeting(Squares):
+    """Every batch waits until `count` batches are inside the function at once."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.together = threading.Barrier(count, timeout=GATE_TIMEOUT_S)
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        self.together.wait()
+        return super().__call__(items)
+
+
+async def test_two_workers_run_two_batches_at_once(make: Make) -> None:
+    fn = Meeting(2)
+    batcher = make(fn, max_batch=4, workers=2)
+    # Eight requests: the first batch takes what queued first, the second the rest, and
+    # neither can finish unless both run at the same time.
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(8)))
+    assert results == [i * i for i in range(8)]
+    assert sorted(fn.sizes) == [4, 4]
+    assert len(fn.threads) == 2
+
+
+async def test_one_worker_never_overlaps_batches() -> None:
+    fn = Squares(delay_s=0.005)
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    def counting(items: Sequence[int]) -> list[int]:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        try:
+            return fn(items)
+        finally:
+            with lock:
+                inside -= 1
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        counting, BatcherConfig(max_batch=2), name="tb-one"
+    )
+    batcher.start()
+    try:
+        await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+    finally:
+        await batcher.stop()
+    assert most == 1
+
+
+async def test_stop_answers_callers_of_every_running_batch(make: Make) -> None:
+    fn = Squares()
+    fn.hold()
+    batcher = make(fn, max_batch=2, workers=2)
+    calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
+    await until(lambda: len(fn.batches) == 2)
+    stopping = asyncio.ensure_future(batcher.stop())
+    await asyncio.sleep(0.05)
+    fn.release()
+    await stopping
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(o, Overloaded) for o in outcomes)
+
+
+def test_workers_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        MicroBatcher(Squares(), BatcherConfig(workers=0))

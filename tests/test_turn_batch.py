@@ -81,3 +81,42 @@ async def test_a_turn_reads_the_message_text_for_the_emotion_cues(models: Models
     without = models.understanding.predict_many(vector, [None], [None])[0]
     assert reading.understanding.emotion_scores == with_text.emotion_scores
     assert with_text.emotion_scores != without.emotion_scores
+
+
+def test_a_batch_beside_a_running_one_gets_its_share_of_the_threads() -> None:
+    default = torch.get_num_threads()
+    policy = ThreadPolicy(1, cpu=True)
+    first_inside = threading.Event()
+    second_done = threading.Event()
+    seen: dict[str, int] = {}
+
+    def forward(batch: Sequence[str]) -> list[str]:
+        seen[batch[0]] = torch.get_num_threads()
+        if batch[0] == "first":
+            first_inside.set()
+            assert second_done.wait(10)
+        else:
+            second_done.set()
+        return list(batch)
+
+    run = policy.wrap(forward)
+    first = threading.Thread(target=run, args=(["first", "x"],))
+    first.start()
+    assert first_inside.wait(10)
+    second = threading.Thread(target=run, args=(["second", "x"],))
+    second.start()
+    second.join()
+    first.join()
+    assert seen == {"first": default, "second": max(1, default // 2)}
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("1", 1), ("3", 3)])
+def test_batch_workers_setting(value: str | None, expected: int | None) -> None:
+    env = {} if value is None else {"ASSISTANT_BATCH_WORKERS": value}
+    assert fusion_config(Settings.from_env(env)).batch_workers == expected
+
+
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_bad_batch_workers_setting_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="ASSISTANT_BATCH_WORKERS"):
+        Settings.from_env({"ASSISTANT_BATCH_WORKERS": value})
