@@ -42,6 +42,12 @@ SECRET_WORDS = ("Marmalade", "xylophone", "Tangerine", "secretpath", "Wilhelmina
 IDENTIFIERS = (CARD, "4111", IBAN, "WEST", EMAIL, "7946")
 
 
+def holds(text: str, identifier: str) -> bool:
+    """`identifier` in `text` as a token of its own: ids, timestamps and vector values hold
+    runs like "4111" or "7946" by chance, inside longer runs of digits and letters."""
+    return re.search(rf"(?<![0-9A-Za-z]){re.escape(identifier)}(?![0-9A-Za-z])", text) is not None
+
+
 def documented_cases() -> list[tuple[str, str]]:
     section = DOC.read_text(encoding="utf-8").split("### Redaction cases", 1)[1]
     rows = [CASE_ROW.match(line) for line in section.splitlines()]
@@ -149,10 +155,12 @@ async def test_identifiers_redacted_in_turns_prompts_exports_and_logs_hold_no_te
     assert "my card [CARD] was declined" in prompts[0]
     assert "[IBAN]" in prompts[1] and "[EMAIL]" in prompts[1] and "[PHONE]" in prompts[1]
     # Exports hold what was stored.
-    assert not any(identifier in str(exported) for identifier in IDENTIFIERS)
+    assert not any(holds(str(exported), identifier) for identifier in IDENTIFIERS)
     for identifier in IDENTIFIERS:
         assert not any(identifier in prompt for prompt in prompts), identifier
     # Logs: something was logged at DEBUG, and none of it is message text or identity.
     assert logged, "the conversation was logged at DEBUG"
-    for secret in (*SECRET_WORDS, *IDENTIFIERS, "[CARD]", "[IBAN]", *replies):
+    for identifier in IDENTIFIERS:
+        assert not holds(logged, identifier), f"{identifier!r} appears in the logs"
+    for secret in (*SECRET_WORDS, "[CARD]", "[IBAN]", *replies):
         assert secret not in logged, f"{secret!r} appears in the logs"
