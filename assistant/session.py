@@ -90,9 +90,11 @@ class PendingTurn:
     text: str
     received: float  # time.perf_counter() when the frame arrived
     record: TurnRecord  # as stored: redacted text
-    # A spoken turn's speech features (fusion.speech.SpeechFeaturizer): fusion and the
-    # emotion head hear how it was said.
+    # A spoken turn, heard: the featurizer's vector (fusion.speech.SpeechFeaturizer) for the
+    # fusion model, the recognizer's encoder mean and prosody (fusion.voice_emotion) for the
+    # emotion head.
     speech: npt.NDArray[np.float32] | None = None
+    voice: npt.NDArray[np.float32] | None = None
     # The models' work on the message when it started as the message arrived.
     reading: asyncio.Future[TurnRead] | None = None
     # Answered again after a restart: the client may have seen some of an earlier answer's
@@ -468,7 +470,11 @@ class ChatSession:
             self._profile, self._profile_known = profile, True
 
     async def _read(
-        self, text: str, now: datetime, speech: npt.NDArray[np.float32] | None = None
+        self,
+        text: str,
+        now: datetime,
+        speech: npt.NDArray[np.float32] | None = None,
+        voice: npt.NDArray[np.float32] | None = None,
     ) -> TurnRead:
         models = self._service.models
         profile = await self._profile_before()
@@ -476,7 +482,9 @@ class ChatSession:
         # A vector from another fusion model lives in another space: the heads get none.
         usable = profile is not None and profile.model_version == models.model_version
         reading = await models.read_turn(
-            TurnInput(text, profile.vector if profile and usable else None, events, now, speech)
+            TurnInput(
+                text, profile.vector if profile and usable else None, events, now, speech, voice
+            )
         )
         return TurnRead(reading, profile, events, now)
 
@@ -525,7 +533,9 @@ class ChatSession:
 
     async def _answer(self, turn: PendingTurn) -> None:
         service = self._service
-        read = await (turn.reading or self._read(turn.text, datetime.now(UTC), turn.speech))
+        read = await (
+            turn.reading or self._read(turn.text, datetime.now(UTC), turn.speech, turn.voice)
+        )
         profile, events, now = read.profile, read.events, read.now
         understanding = _understanding(read.reading.understanding)
         observed = Observed(read.reading.text_vector, read.reading.fused)
@@ -561,9 +571,19 @@ class ChatSession:
             query_vector=observed.text_vector,
         )
         stream = service.generator.stream(request)
-        async for piece in stream:
-            if not turn.recovered:
-                self.emit(ReplyDelta(turn_id=turn.turn_id, text=piece))
+        deltas = _Deltas(lambda text: self.emit(ReplyDelta(turn_id=turn.turn_id, text=text)))
+        try:
+            async for piece in stream:
+                if turn.recovered:
+                    continue
+                if self.listener is not None:
+                    # A voice call synthesizes each sentence as soon as it has it.
+                    deltas.flush()
+                    self.emit(ReplyDelta(turn_id=turn.turn_id, text=piece))
+                else:
+                    deltas.add(piece)
+        finally:
+            deltas.flush()
         text = stream.result.text
         intent = (
             IntentLabel(understanding.intent, understanding.confidence)
@@ -610,6 +630,34 @@ class ChatSession:
     def _remember_turn(self, turn: TurnRecord) -> None:
         if self._turns_seen is not None:
             self._turns_seen.append(turn)
+
+
+class _Deltas:
+    """A reply's pieces that arrive in the same pass of the event loop go out as one delta.
+
+    The composer writes a whole reply at once, and each frame costs a journal row, a send
+    and a wake-up of the client; a chat model's pieces, which come over time, still go out
+    as they come (one pass of the loop later).
+    """
+
+    def __init__(self, send: Callable[[str], object]) -> None:
+        self._send = send
+        self._pieces: list[str] = []
+        self._flush: asyncio.Handle | None = None
+
+    def add(self, piece: str) -> None:
+        self._pieces.append(piece)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if self._pieces:
+            text = "".join(self._pieces)
+            self._pieces.clear()
+            self._send(text)
 
 
 def _understanding(result: UnderstandingResult) -> Understanding:

@@ -42,6 +42,7 @@ from fusion import Overloaded
 from fusion.asr import Transcript, TurnTranscriber
 from fusion.audio import StreamResampler
 from fusion.vad import SAMPLE_RATE, SpeechEnded, SpeechStarted, VadEvent
+from fusion.voice_emotion import voice_emotion_vector
 from profiles import NewEvent, NotFound, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class VoiceCall:
         utterance_id = f"u{self.stats.turns}"
         self._route.transcript(utterance_id, text, utterance.ended.at_s)
         speech = await utterance.features
+        voice = voice_emotion_vector(transcript.encoder_mean, speech)
         turn, created = await self._store.add_user_turn(
             session.id, session.user.id, utterance_id, redact(text)
         )
@@ -247,7 +249,9 @@ class VoiceCall:
         while len(self._utterance_of) > MAX_UNANSWERED:
             # Turns that got no reply (an error, an operator's hold) are forgotten oldest first.
             del self._utterance_of[next(iter(self._utterance_of))]
-        session.enqueue(PendingTurn(turn.id, utterance_id, text, utterance.detected, turn, speech))
+        session.enqueue(
+            PendingTurn(turn.id, utterance_id, text, utterance.detected, turn, speech, voice=voice)
+        )
 
     # the session's frames
 

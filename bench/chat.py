@@ -752,7 +752,8 @@ class ModelBench:
             thread.join()
         cpu_s = time.process_time() - cpu_started
         torch.set_num_threads(DEFAULT_THREADS)
-        done = sum(len(s) for s in per_worker)
+        # The CPU time covers each worker's untimed first batch too.
+        done = sum(len(s) for s in per_worker) + workers
         # `workers` batches run in the time of one: each batch's share of the wall time.
         return float(np.median([x for s in per_worker for x in s])) / workers, cpu_s / done
 

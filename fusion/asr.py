@@ -37,6 +37,11 @@ transcribes at `SpeechPaused` (200 ms of silence) and hands that result over at 
 when no speech came in between, so the transcript is usually ready when the end-of-speech
 silence runs out.
 
+Each transcript also carries the encoder's states averaged over the utterance's frames
+(`Transcript.encoder_mean`, 384-d for tiny.en): how something was said, heard by a model
+trained on 680,000 hours of speech. The emotion head's speech branch reads it
+(`fusion.voice_emotion`); in a call it costs a mean over states the transcript needed anyway.
+
 `word_error_rate` is the one WER implementation the tests and the bench share.
 """
 
@@ -49,6 +54,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +122,9 @@ class Transcript:
     avg_logprob: float
     compute_s: float  # time in the model (features, encoder, decoder)
     queued_s: float = 0.0  # time waiting for a free worker
+    # [384] encoder states averaged over the utterance's frames (padding left out); None
+    # for audio too short to have a frame.
+    encoder_mean: FloatArray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +144,24 @@ class AsrStats:
     def real_time_factor(self) -> float:
         """Model time per second of audio transcribed (lower is better)."""
         return self.compute_s / self.audio_s if self.audio_s > 0 else 0.0
+
+
+class _Pool:
+    """A running sum of encoder states, for their mean over every window of an utterance."""
+
+    def __init__(self) -> None:
+        self.total: FloatArray | None = None
+        self.count = 0
+
+    def add(self, states: FloatArray) -> None:
+        summed = states.sum(axis=0, dtype=np.float32)
+        self.total = summed if self.total is None else self.total + summed
+        self.count += states.shape[0]
+
+    def mean(self) -> FloatArray | None:
+        if self.total is None or self.count == 0:
+            return None
+        return (self.total / self.count).astype(np.float32)
 
 
 def _resolve_device(preference: str) -> str:
@@ -258,29 +285,21 @@ class SpeechRecognizer:
             avg_logprob=result.avg_logprob,
             compute_s=result.compute_s,
             queued_s=started - submitted,
+            encoder_mean=result.encoder_mean,
         )
 
     def transcribe_sync(self, audio_16k: npt.ArrayLike) -> Transcript:
         """The same transcription on the calling thread (tests, benchmarks, scripts)."""
-        import ctranslate2
-
         started = time.perf_counter()
         audio = np.asarray(audio_16k, dtype=np.float32).reshape(-1)
         duration = audio.shape[0] / SAMPLE_RATE
         if audio.shape[0] < HOP:
             return Transcript("", self.language, duration, 1.0, 0.0, 0.0)
-        features = self._model.feature_extractor(audio)[:, :-1]  # as faster-whisper does
-        floor = float(features.max()) - 2.0  # log-mel of silence after Whisper's clamp
         texts: list[str] = []
         no_speech: list[float] = []
         logprobs: list[float] = []
-        for begin in range(0, features.shape[1], WINDOW_FRAMES):
-            piece = features[:, begin : begin + WINDOW_FRAMES]
-            frames = self._window_frames(piece.shape[1])
-            window = np.full((1, features.shape[0], frames), floor, dtype=np.float32)
-            window[0, :, : piece.shape[1]] = piece
-            encoded = self._model.model.encode(ctranslate2.StorageView.from_array(window))
-            seconds = piece.shape[1] / 100.0
+        pooled = _Pool()
+        for seconds, encoded in self._encode(audio, pooled):
             max_new = min(MAX_TOKENS - len(self._prompt) - 1, int(10 + 8 * seconds))
             result = self._model.model.generate(
                 encoded,
@@ -310,7 +329,37 @@ class SpeechRecognizer:
             no_speech_prob=max(no_speech) if no_speech else 1.0,
             avg_logprob=float(np.mean(logprobs)) if logprobs else 0.0,
             compute_s=time.perf_counter() - started,
+            encoder_mean=pooled.mean(),
         )
+
+    def encoder_mean(self, audio_16k: npt.ArrayLike) -> FloatArray | None:
+        """`Transcript.encoder_mean` without the decoder: the encoder alone, on the calling
+        thread (training features for the emotion head)."""
+        audio = np.asarray(audio_16k, dtype=np.float32).reshape(-1)
+        if audio.shape[0] < HOP:
+            return None
+        pooled = _Pool()
+        for _ in self._encode(audio, pooled):
+            pass
+        return pooled.mean()
+
+    def _encode(self, audio: FloatArray, pooled: _Pool) -> Iterator[tuple[float, Any]]:
+        """(seconds of audio, encoder output) per 30 s window, each window's states over its
+        audio frames added to `pooled`."""
+        import ctranslate2
+
+        features = self._model.feature_extractor(audio)[:, :-1]  # as faster-whisper does
+        floor = float(features.max()) - 2.0  # log-mel of silence after Whisper's clamp
+        for begin in range(0, features.shape[1], WINDOW_FRAMES):
+            piece = features[:, begin : begin + WINDOW_FRAMES]
+            frames = self._window_frames(piece.shape[1])
+            window = np.full((1, features.shape[0], frames), floor, dtype=np.float32)
+            window[0, :, : piece.shape[1]] = piece
+            encoded = self._model.model.encode(ctranslate2.StorageView.from_array(window))
+            host = encoded if self.device == "cpu" else encoded.to_device(ctranslate2.Device.cpu)
+            # The encoder halves the frame rate (a stride-2 convolution).
+            pooled.add(np.asarray(host, dtype=np.float32)[0, : math.ceil(piece.shape[1] / 2)])
+            yield piece.shape[1] / 100.0, encoded
 
     def _window_frames(self, content_frames: int) -> int:
         pad = self.config.encoder_pad_s

@@ -1,19 +1,22 @@
 """Async micro-batching: many coroutines submit single items, worker threads run batches.
 
-The dispatcher never waits when a worker is idle and the wait is 0: a lone request runs at
-once, and requests that arrive while the workers are busy form the next batch. A positive
-`max_wait_s` holds a partial batch open that long for more requests to join. With
-`workers` > 1, that many batches may run at once (each in its own thread).
+The workers never wait when the wait is 0: a lone request runs at once, and requests that
+arrive while the workers are busy form the next batch. A positive `max_wait_s` holds a
+partial batch open that long for more requests to join. With `workers` > 1, that many
+batches may run at once (each in its own thread).
+
+A worker thread takes its next batch itself as soon as it has handed its results to the
+event loop: the loop only queues items and sets results, and a busy loop never keeps a
+model waiting for its next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -46,6 +49,26 @@ class BatcherStats:
     batch_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
 
+_Entry = tuple[T, asyncio.Future[R], float]  # the item, its caller's future, when queued
+
+
+class _Pool(Generic[T, R]):
+    """One start's worker threads and the queue they take batches from.
+
+    The queue and `stopping` belong to the lock; futures are only touched on the loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: deque[_Entry[T, R]] = deque()
+        self.ready = threading.Condition(threading.Lock())
+        self.stopping = False
+        self.wake_scheduled = False
+        # Each worker's batch while it runs: stop() must answer their callers too.
+        self.running: dict[int, list[_Entry[T, R]]] = {}
+        self.threads: list[threading.Thread] = []
+
+
 class MicroBatcher(Generic[T, R]):
     def __init__(
         self,
@@ -60,111 +83,130 @@ class MicroBatcher(Generic[T, R]):
         self.name = name
         self.stats = BatcherStats()
         self._fn = fn
-        self._queue: deque[tuple[T, asyncio.Future[R], float]] = deque()
-        self._arrived = asyncio.Event()
-        self._executor: ThreadPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._free = asyncio.Semaphore(self.config.workers)
-        # The batches in worker threads: stop() must answer their callers too.
-        self._running: dict[asyncio.Task[None], list[tuple[T, asyncio.Future[R], float]]] = {}
+        self._pool: _Pool[T, R] | None = None
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        pool = self._pool
+        return len(pool.queue) if pool is not None else 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=self.config.workers, thread_name_prefix=self.name
+        if self._pool is not None:
+            return
+        pool: _Pool[T, R] = _Pool(asyncio.get_running_loop())
+        for index in range(self.config.workers):
+            thread = threading.Thread(
+                target=self._work, args=(pool, index), name=f"{self.name}_{index}", daemon=True
             )
-            self._task = asyncio.create_task(self._dispatch(), name=f"{self.name}-dispatch")
+            pool.threads.append(thread)
+        self._pool = pool
+        for thread in pool.threads:
+            thread.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        running, self._running = self._running, {}
-        waiting = [entry for batch in running.values() for entry in batch]
-        waiting.extend(self._queue)
-        self._queue.clear()
-        for batch_task in running:
-            batch_task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        with pool.ready:
+            pool.stopping = True
+            waiting = [entry for batch in pool.running.values() for entry in batch]
+            waiting.extend(pool.queue)
+            pool.queue.clear()
+            pool.ready.notify_all()
         for _, future, _ in waiting:
             if not future.done():
                 future.set_exception(Overloaded(f"{self.name} stopped"))
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            # The running batch finishes in its thread; waiting for it must not block the loop.
-            await asyncio.to_thread(executor.shutdown, True)
+        # A running batch finishes in its thread; waiting for it must not block the loop.
+        for thread in pool.threads:
+            await asyncio.to_thread(thread.join)
 
     async def submit(self, item: T) -> R:
-        if self._task is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError(f"{self.name} is not running")
-        if len(self._queue) >= self.config.max_queue:
+        if len(pool.queue) >= self.config.max_queue:
             raise Overloaded(f"{self.name} queue is full ({self.config.max_queue} waiting)")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future, time.perf_counter()))
-        self._arrived.set()
+        future: asyncio.Future[R] = pool.loop.create_future()
+        with pool.ready:
+            pool.queue.append((item, future, time.perf_counter()))
+        if not pool.wake_scheduled:
+            # Requests submitted in the same pass of the loop go to a worker together.
+            pool.wake_scheduled = True
+            pool.loop.call_soon(self._wake, pool)
         return await future
 
-    async def _gather_more(self) -> None:
-        deadline = time.monotonic() + self.config.max_wait_s
-        while len(self._queue) < self.config.max_batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                return
+    @staticmethod
+    def _wake(pool: _Pool[T, R]) -> None:
+        pool.wake_scheduled = False
+        with pool.ready:
+            pool.ready.notify()
 
-    async def _dispatch(self) -> None:
+    def _next_batch(self, pool: _Pool[T, R]) -> list[_Entry[T, R]] | None:
+        """Wait for work and take a batch of it (the lock is held); None once stopping."""
+        config = self.config
         while True:
-            if not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-                continue
-            if self.config.max_wait_s > 0:
-                await self._gather_more()
-            # A batch takes what has queued by the time a worker is free.
-            await self._free.acquire()
-            batch = [
-                self._queue.popleft() for _ in range(min(self.config.max_batch, len(self._queue)))
-            ]
+            while not pool.queue and not pool.stopping:
+                pool.ready.wait()
+            if pool.stopping:
+                return None
+            if config.max_wait_s > 0:
+                deadline = time.monotonic() + config.max_wait_s
+                while len(pool.queue) < config.max_batch and not pool.stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    pool.ready.wait(remaining)
+                if pool.stopping:
+                    return None
+            batch = [pool.queue.popleft() for _ in range(min(config.max_batch, len(pool.queue)))]
+            # A caller cancelled meanwhile needs no result.
             live = [entry for entry in batch if not entry[1].cancelled()]
-            if not live:
-                self._free.release()
-                continue
-            task = asyncio.create_task(self._run(live), name=f"{self.name}-batch")
-            self._running[task] = live
-            task.add_done_callback(self._finished)
+            if live:
+                return live
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
-        self._free.release()
+    def _work(self, pool: _Pool[T, R], index: int) -> None:
+        while True:
+            with pool.ready:
+                batch = self._next_batch(pool)
+                if batch is None:
+                    return
+                pool.running[index] = batch
+                # Another worker may take what this batch left queued.
+                if pool.queue:
+                    pool.ready.notify()
+            started = time.perf_counter()
+            outcome: Sequence[R] | Exception
+            try:
+                outcome = self._fn([item for item, _, _ in batch])
+                if len(outcome) != len(batch):
+                    raise RuntimeError(f"{self.name} returned {len(outcome)} for {len(batch)}")
+            except Exception as exc:
+                outcome = exc
+            ended = time.perf_counter()
+            with pool.ready:
+                del pool.running[index]
+            try:
+                pool.loop.call_soon_threadsafe(self._deliver, batch, outcome, started, ended)
+            except RuntimeError:
+                return  # the loop is closed: nobody is left to answer
 
-    async def _run(self, live: list[tuple[T, asyncio.Future[R], float]]) -> None:
-        started = time.perf_counter()
-        self.stats.waits_s.extend(started - queued for _, _, queued in live)
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._fn, [item for item, _, _ in live]
-            )
-            if len(results) != len(live):
-                raise RuntimeError(f"{self.name} returned {len(results)} for {len(live)}")
-        except Exception as exc:
-            for _, future, _ in live:
+    def _deliver(
+        self,
+        batch: list[_Entry[T, R]],
+        outcome: Sequence[R] | Exception,
+        started: float,
+        ended: float,
+    ) -> None:
+        self.stats.waits_s.extend(started - queued for _, _, queued in batch)
+        if isinstance(outcome, Exception):
+            for _, future, _ in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(outcome)
         else:
-            for (_, future, _), result in zip(live, results, strict=True):
+            for (_, future, _), result in zip(batch, outcome, strict=True):
                 if not future.done():
                     future.set_result(result)
-        self._record(len(live), time.perf_counter() - started)
+        self._record(len(batch), ended - started)
 
     def _record(self, size: int, seconds: float) -> None:
         stats = self.stats

@@ -69,7 +69,8 @@ class TurnInput:
     profile: Vector | None  # [128] the user's profile before the message
     events: Sequence[EventLike]  # the user's latest behaviour
     now: datetime
-    speech: Vector | None = None  # [speech_dim] when the message was spoken
+    speech: Vector | None = None  # [speech_dim] when the message was spoken (fusion)
+    voice: Vector | None = None  # [VOICE_EMOTION_DIM] when spoken (the emotion head)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +196,7 @@ class FusionRuntime:
         understood = self.understanding.predict_many(
             np.stack(vectors),
             [i.profile for i in inputs],
-            [i.speech for i in inputs],
+            [i.voice for i in inputs],
             [i.text for i in inputs],
         )
         return [TurnReading(v, f, u) for v, f, u in zip(vectors, fused, understood, strict=True)]

@@ -260,19 +260,30 @@ class FiLM(nn.Module):
 
 
 class IntentModel(nn.Module):
-    """Text [B, 384], profile [B, 128], presence [B] -> logits [M, B, 78]."""
+    """Text [B, 384], profile [B, 128], presence [B] (+ the messages' hashed grams) -> logits
+    [M, B, 78]. The lexical branch, as the emotion head's, adds a linear model over the
+    message's grams to each member's logits; it is skipped when no grams are given."""
 
-    def __init__(self, trunk: EnsembleConfig, film: FiLMConfig) -> None:
+    def __init__(
+        self, trunk: EnsembleConfig, film: FiLMConfig, lexicon: LexiconConfig | None = None
+    ) -> None:
         super().__init__()
         self.trunk = EnsembleMLP(trunk)
         self.film = FiLM(film)
+        self.lexicon = LexicalBag(lexicon or LexiconConfig(0, trunk.members, trunk.out_dim))
 
     def forward(
-        self, text: torch.Tensor, profile: torch.Tensor, present: torch.Tensor
+        self,
+        text: torch.Tensor,
+        profile: torch.Tensor,
+        present: torch.Tensor,
+        lexical: Grams | None = None,
     ) -> torch.Tensor:
         h = self.trunk.hidden(text)  # [M, B, H]
         gamma, beta, bias = self.film(profile, present)  # [B, H], [B, H], [B, C or 0]
         logits = self.trunk.out(h * gamma + beta)  # [M, B, C]
+        if lexical is not None and self.lexicon.config.buckets:
+            logits = logits + self.lexicon(lexical)
         return logits + bias if bias.shape[-1] else logits
 
 
@@ -364,6 +375,7 @@ def save_intent(path: Path, art: IntentArtifact) -> None:
         {
             "trunk": asdict(art.model.trunk.config),
             "film": asdict(art.model.film.config),
+            "lexicon": asdict(art.model.lexicon.config),
             "state_dict": _half(art.model.state_dict()),
             "intents": list(art.intents),
             "temperature": art.temperature,
@@ -376,8 +388,15 @@ def save_intent(path: Path, art: IntentArtifact) -> None:
 
 def load_intent(path: Path = INTENT_WEIGHTS) -> IntentArtifact:
     blob = _load_blob(path)
-    model = IntentModel(EnsembleConfig(**blob["trunk"]), FiLMConfig(**blob["film"]))
-    model.load_state_dict(_float(blob["state_dict"]))
+    trunk = EnsembleConfig(**blob["trunk"])
+    empty = {"members": trunk.members, "out_dim": trunk.out_dim}
+    model = IntentModel(
+        trunk, FiLMConfig(**blob["film"]), LexiconConfig(**blob.get("lexicon", empty))
+    )
+    state = _float(blob["state_dict"])
+    # Checkpoints from before the lexical branch: an empty (all-zero) branch.
+    state.setdefault("lexicon.table", model.lexicon.table.detach().clone())
+    model.load_state_dict(state)
     return IntentArtifact(
         model.eval(),
         tuple(blob["intents"]),
@@ -409,17 +428,22 @@ def lexical_tokens(text: str) -> tuple[list[str], bool]:
     return _TOKEN.findall(_RUN.sub(r"\1\1", text.replace("\u2019", "'").lower())), shouted
 
 
-def lexical_ids(text: str, buckets: int) -> list[int]:
-    """Distinct bucket ids of a message's tokens, its token bigrams (with start and end marks)
-    and shouting. crc32 because it is stable across processes, unlike hash(); bigrams mix
-    their tokens' hashes instead of hashing a joined string (half the cost)."""
+def lexical_hashes(text: str) -> list[int]:
+    """Hashes of a message's tokens, its token bigrams (with start and end marks) and
+    shouting, before they are reduced to buckets: heads with lexical branches hash a message
+    once. crc32 because it is stable across processes, unlike hash(); bigrams mix their
+    tokens' hashes instead of hashing a joined string (half the cost)."""
     tokens, shouted = lexical_tokens(text)
     hashes = [zlib.crc32(t.encode("utf-8")) for t in tokens]
-    ids = {h % buckets for h in hashes}
-    ids.update(((a * _MIX) ^ b) % buckets for a, b in itertools.pairwise([_START, *hashes, _END]))
+    grams = hashes + [(a * _MIX) ^ b for a, b in itertools.pairwise([_START, *hashes, _END])]
     if shouted:
-        ids.add(_SHOUT % buckets)
-    return list(ids)
+        grams.append(_SHOUT)
+    return grams
+
+
+def lexical_ids(text: str, buckets: int) -> list[int]:
+    """Distinct bucket ids of `lexical_hashes`."""
+    return list({h % buckets for h in lexical_hashes(text)})
 
 
 # A batch's grams for `torch.nn.functional.embedding_bag`: ids [K], each message's first
@@ -646,13 +670,17 @@ class ServingHeads:
         mlps = [trunk] if emotion is None else [trunk, emotion.text]
         if any(m.config.in_dim != trunk.config.in_dim for m in mlps):
             raise ValueError("the intent and emotion text heads read different embeddings")
-        # (x * s) @ W + b == (x @ W) * s + b: heads with different input scales share one GEMM
-        # over the unscaled embedding, and the stored float16 weights are used as they are.
-        self.first = _Gemm(torch.cat([_first_layer(m) for m in mlps]), None, device)
-        self.first_scale = torch.cat(
-            [torch.full((m.config.members * m.config.hidden,), m.config.input_scale) for m in mlps]
-        ).to(device)
-        self.first_bias = torch.cat([m.b1.detach().reshape(-1) for m in mlps]).to(device)
+        # The embedding is scaled once, as the modules scale it, and the biases ride in the GEMM:
+        # one pass over the hidden units fewer. A head with another input scale gets the ratio
+        # folded into its weights, which leaves the stored float16 weights as they are when the
+        # scales agree, as the shipped heads' do.
+        self.input_scale = trunk.config.input_scale
+        ratios = [m.config.input_scale / self.input_scale for m in mlps]
+        self.first = _Gemm(
+            torch.cat([_first_layer(m) * r for m, r in zip(mlps, ratios, strict=True)]),
+            torch.cat([m.b1.detach().reshape(-1) for m in mlps]),
+            device,
+        )
         self.split = trunk.config.members * trunk.config.hidden
         self.intent_shape = (trunk.config.members, trunk.config.hidden)
         # The temperature folded into the last layer: logits / T in one matmul.
@@ -670,16 +698,31 @@ class ServingHeads:
         self.film_identity = torch.zeros_like(last_bias)
         self.film_identity[:width] = 1.0
         self.film_width = width
+        self.device = device
         self.emotion = emotion
+        # Lexical branches: each head's table as float32 rows [buckets, M*C] (the intent's
+        # with its temperature folded in), side by side in one table when the heads hash into
+        # the same buckets, so that a message's rows are gathered and summed once for both
+        # (a wider row costs next to nothing: numpy's per-call overhead dominates).
+        bags = [(intent.lexicon, 1.0 / temperature)]
+        if emotion is not None:
+            bags.append((emotion.lexicon, 1.0))
+        self.lexicon_tables: list[tuple[int, Vector]] = []
+        for bag, scale in bags:
+            if not bag.config.buckets:
+                continue
+            table = (bag.table.detach().float().cpu() * scale).numpy()
+            if self.lexicon_tables and self.lexicon_tables[-1][0] == bag.config.buckets:
+                table = np.concatenate([self.lexicon_tables.pop()[1], table], axis=1)
+            self.lexicon_tables.append((bag.config.buckets, table))
+        self.intent_lexicon_width = (
+            trunk.config.members * trunk.config.out_dim if intent.lexicon.config.buckets else 0
+        )
         if emotion is not None:
             self.emotion_shape = (emotion.text.config.members, emotion.text.config.hidden)
             self.emotion_w2, self.emotion_b2 = emotion.text.w2.detach(), emotion.text.b2.detach()
-            lexicon = emotion.lexicon.config
-            self.lexicon_buckets = lexicon.buckets
-            self.lexicon_table = emotion.lexicon.table.detach().float().cpu().numpy()
-            self.lexicon_device = device
-            t = emotion.get_buffer("temperature")
-            self.emotion_inv_t = 1.0 / t
+            self.emotion_lexicon = bool(emotion.lexicon.config.buckets)
+            self.emotion_inv_t = 1.0 / emotion.get_buffer("temperature")
             self.text_map = emotion.get_buffer("text_map")
             self.text_offsets = emotion.get_buffer("text_offsets")
             # The speech features' standardisation folded into the speech first layer.
@@ -696,15 +739,19 @@ class ServingHeads:
 
     def hidden(self, text: torch.Tensor) -> torch.Tensor:
         """[B, D] -> [B, every first layer's units]."""
-        pre = torch.addcmul(self.first_bias, self.first(text), self.first_scale)
-        return torch.nn.functional.gelu(pre)
+        return torch.nn.functional.gelu(self.first(text * self.input_scale))
 
     def intent_probs(
-        self, hidden: torch.Tensor, profile: torch.Tensor | None, present: torch.Tensor | None
+        self,
+        hidden: torch.Tensor,
+        profile: torch.Tensor | None,
+        present: torch.Tensor | None,
+        lexical: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[B, 78] calibrated probabilities, the member average. `profile` [B, P] or None
         when no row has one; `present` [B] marks the rows that do, or None when all do (the
-        caller knows these from its inputs, which saves reading them back from tensors)."""
+        caller knows these from its inputs, which saves reading them back from tensors);
+        `lexical`: the intent part of `lexical_logits`, or None."""
         h = hidden[:, : self.split].view(-1, *self.intent_shape).transpose(0, 1)  # [M, B, H]
         logit_bias = None
         if profile is not None:
@@ -715,7 +762,8 @@ class ServingHeads:
             h = torch.addcmul(g[:, w : 2 * w], h, g[:, :w])
             if g.shape[1] > 2 * w:
                 logit_bias = g[:, 2 * w :]
-        logits = torch.baddbmm(self.intent_b2, h, self.intent_w2)  # [M, B, C]
+        b2 = self.intent_b2 if lexical is None else self.intent_b2 + lexical
+        logits = torch.baddbmm(b2, h, self.intent_w2)  # [M, B, C]
         if logit_bias is not None:
             logits = logits + logit_bias / self.temperature
         return torch.softmax(logits, dim=-1).mean(dim=0)
@@ -727,19 +775,38 @@ class ServingHeads:
         logits = torch.baddbmm(b2, h.transpose(0, 1), w2)  # [M, B, C]
         return torch.softmax(logits * inv_t, dim=-1).mean(dim=0)
 
-    def lexical_logits(self, texts: Sequence[str]) -> torch.Tensor | None:
-        """What `LexicalBag` adds to the text members' logits, [M, B, C]; None without a
-        lexical branch. A handful of table rows per message, summed in numpy: torch's
-        per-operation overhead would be most of the cost."""
-        if self.emotion is None or not self.lexicon_buckets:
-            return None
-        out = np.empty((len(texts), self.lexicon_table.shape[1]), dtype=np.float32)
+    def lexical_logits(
+        self, texts: Sequence[str]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """What the heads' `LexicalBag`s add to their members' logits, [M, B, C] each (the
+        intent's divided by its temperature), or None for a head without a lexical branch.
+        A handful of table rows per message, summed in numpy: torch's per-operation overhead
+        would be most of the cost."""
+        if not self.lexicon_tables:
+            return None, None
+        width = sum(table.shape[1] for _, table in self.lexicon_tables)
+        out = np.empty((len(texts), width), dtype=np.float32)
         for i, text in enumerate(texts):
-            ids = lexical_ids(text, self.lexicon_buckets)
-            out[i] = self.lexicon_table[ids].sum(axis=0) * (1.0 / math.sqrt(max(len(ids), 1)))
-        members = out.reshape(len(texts), self.emotion_shape[0], -1).transpose(1, 0, 2)
-        lexical = torch.from_numpy(members)  # [M, B, C]
-        return lexical if self.lexicon_device.type == "cpu" else lexical.to(self.lexicon_device)
+            hashes = lexical_hashes(text)
+            start = 0
+            for buckets, table in self.lexicon_tables:
+                ids = list({h % buckets for h in hashes})
+                row = table[ids].sum(axis=0) * (1.0 / math.sqrt(max(len(ids), 1)))
+                out[i, start : start + table.shape[1]] = row
+                start += table.shape[1]
+        split = self.intent_lexicon_width
+        intent = self._members(out[:, :split], self.intent_shape[0]) if split else None
+        emotion = (
+            self._members(out[:, split:], self.emotion_shape[0])
+            if self.emotion is not None and self.emotion_lexicon
+            else None
+        )
+        return intent, emotion
+
+    def _members(self, rows: Vector, members: int) -> torch.Tensor:
+        """[B, M*C] -> [M, B, C] on the heads' device."""
+        out = torch.from_numpy(rows.reshape(len(rows), members, -1).transpose(1, 0, 2))
+        return out if self.device.type == "cpu" else out.to(self.device)
 
     def emotion_scores(
         self,
@@ -749,7 +816,7 @@ class ServingHeads:
         lexical: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As `EmotionModel.forward`: (log-probabilities [B, 7], decision scores [B, 7]).
-        `lexical`: `lexical_logits` of the messages, or None."""
+        `lexical`: the emotion part of `lexical_logits`, or None."""
         if self.emotion is None:
             raise ValueError("built without an emotion model")
         h = hidden[:, self.split :].view(-1, *self.emotion_shape)
@@ -829,9 +896,11 @@ class Understanding:
         emotion, _ = load_emotion(emotion_path)
         return cls(load_intent(intent_path), emotion, device or torch.device("cpu"), space)
 
-    def _lexical(self, texts: Sequence[str] | None, n: int) -> torch.Tensor | None:
+    def _lexical(
+        self, texts: Sequence[str] | None, n: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if texts is None:
-            return None
+            return None, None
         if len(texts) != n:
             raise ValueError(f"{len(texts)} texts for {n} messages")
         return self.serving.lexical_logits(texts)
@@ -855,13 +924,20 @@ class Understanding:
 
     @torch.inference_mode()
     def intent_probs(
-        self, text: torch.Tensor, profile: torch.Tensor, present: torch.Tensor
+        self,
+        text: torch.Tensor,
+        profile: torch.Tensor,
+        present: torch.Tensor,
+        texts: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """[B, 78] calibrated probabilities (77 intents, then out-of-scope)."""
+        """[B, 78] calibrated probabilities (77 intents, then out-of-scope); `texts` as in
+        `predict_many`."""
         hidden = self.serving.hidden(text)
+        lexical = self._lexical(texts, text.shape[0])[0]
         if not self.use_profile or not bool(present.any()):
-            return self.serving.intent_probs(hidden, None, None)
-        return self.serving.intent_probs(hidden, profile, None if present.all() else present)
+            return self.serving.intent_probs(hidden, None, None, lexical)
+        on = None if present.all() else present
+        return self.serving.intent_probs(hidden, profile, on, lexical)
 
     @torch.inference_mode()
     def predict_many(
@@ -872,9 +948,9 @@ class Understanding:
         texts: Sequence[str] | None = None,
     ) -> list[UnderstandingResult]:
         """One batched forward of both heads. `text_vecs` [N, 384]; per message, a profile
-        vector [128] and speech features [136] or None; `texts`: the messages themselves,
-        for the emotion head's lexical cues (without them it reads the embedding alone,
-        which is less accurate)."""
+        vector [128] and voice features [392] (`fusion.voice_emotion`) or None; `texts`: the
+        messages themselves, for the heads' lexical cues (without them each head reads the
+        embedding alone, which is less accurate)."""
         text_np = np.asarray(text_vecs, dtype=np.float32).reshape(
             -1, self.intent_model.trunk.config.in_dim
         )
@@ -885,6 +961,7 @@ class Understanding:
         profile, has_profile = self._rows(profile_vecs, n, self.profile_dim, "profile")
         speech, has_speech = self._rows(speech_vecs, n, self.speech_dim, "speech")
         hidden = self.serving.hidden(text)
+        intent_lexical, emotion_lexical = self._lexical(texts, n)
         with_profile = (
             sum(v is not None for v in profile_vecs)
             if profile_vecs is not None and self.use_profile
@@ -894,9 +971,10 @@ class Understanding:
             hidden,
             profile if with_profile else None,
             None if with_profile == n else has_profile,
+            intent_lexical,
         )  # [B, 78]
         log_emotion, decision = self.serving.emotion_scores(
-            hidden, speech, has_speech, self._lexical(texts, n)
+            hidden, speech, has_speech, emotion_lexical
         )
         emotion = log_emotion.exp()
         scores = emotion / emotion.sum(dim=1, keepdim=True).clamp_min(1e-12)

@@ -13,6 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from assistant import issue_token
+from assistant.session import _Deltas
 from fusion import OUT_OF_SCOPE, SERVICE_EMOTIONS
 from server import RunningServer
 from tests.conftest import Client, ClientFactory, ServerFactory
@@ -107,6 +108,31 @@ async def test_behaviour_and_text_both_move_the_profile(
     shares = profile.modality_contributions
     assert shares["text"] > 0 and shares["behaviour"] > 0 and shares.get("speech", 0.0) == 0.0
     assert abs(sum(shares.values()) - 1.0) < 1e-5
+
+
+async def test_a_reply_written_at_once_is_one_delta(
+    server: RunningServer, open_client: ClientFactory
+) -> None:
+    client = await open_client()
+    await client.hello(user={"external_id": "cust-one-delta"})
+    frames = await _turn(client, "m1", "I was charged twice. Can you refund one of them?")
+    assert [f["type"] for f in frames] == ["ack", "reply.delta", "reply"], frames
+    assert frames[1]["text"] == frames[2]["text"]
+
+
+async def test_pieces_of_one_pass_of_the_loop_share_a_delta() -> None:
+    sent: list[str] = []
+    deltas = _Deltas(sent.append)
+    deltas.add("Thanks. ")
+    deltas.add("It is on its way.")
+    await asyncio.sleep(0)
+    assert sent == ["Thanks. It is on its way."]
+    deltas.add(" More")
+    deltas.add(" later.")
+    deltas.flush()
+    deltas.flush()
+    await asyncio.sleep(0)
+    assert sent == ["Thanks. It is on its way.", " More later."]
 
 
 async def test_drop_mid_reply_then_resume_replays_missed_frames_once(

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from assistant import Models
 from assistant.config import Settings, SettingsError
 from assistant.runtime import fusion_config
 from fusion.runtime import ThreadPolicy, TurnInput
+from fusion.voice_emotion import VOICE_EMOTION_DIM
 
 
 def _threads_seen(policy: ThreadPolicy, batches: Sequence[Sequence[int]]) -> list[int]:
@@ -81,6 +83,21 @@ async def test_a_turn_reads_the_message_text_for_the_emotion_cues(models: Models
     without = models.understanding.predict_many(vector, [None], [None])[0]
     assert reading.understanding.emotion_scores == with_text.emotion_scores
     assert with_text.emotion_scores != without.emotion_scores
+
+
+async def test_a_spoken_turn_hands_its_voice_features_to_the_emotion_head(models: Models) -> None:
+    """Fusion reads the featurizer's vector; the emotion head reads `TurnInput.voice`."""
+    text = "my card still has not arrived"
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    voice = np.random.default_rng(3).standard_normal(VOICE_EMOTION_DIM).astype(np.float32)
+    typed, spoken = models._read_batch(
+        [TurnInput(text, None, [], now), TurnInput(text, None, [], now, voice=voice)]
+    )
+    vector = spoken.text_vector[None, :]
+    expected = models.understanding.predict_many(vector, [None], [voice], [text])[0]
+    assert spoken.understanding.emotion_scores == pytest.approx(expected.emotion_scores)
+    assert spoken.understanding.emotion_scores != typed.understanding.emotion_scores
+    assert np.allclose(spoken.fused.z, typed.fused.z, atol=1e-5)  # no speech for fusion
 
 
 def test_a_batch_beside_a_running_one_gets_its_share_of_the_threads() -> None:

@@ -46,8 +46,10 @@ from fusion.understanding import (
     lexical_ids,
     lexical_tokens,
     load_emotion,
+    load_intent,
     mapping_matrix,
     save_emotion,
+    save_intent,
 )
 
 INTENTS = (*(f"intent_{i}" for i in range(77)), OUT_OF_SCOPE)
@@ -59,10 +61,17 @@ def _nonzero_film(model: IntentModel) -> None:
             p.normal_(0.0, 0.5)
 
 
-def _understanding(seed: int = 0, buckets: int = 0) -> Understanding:
+def _understanding(seed: int = 0, buckets: int = 0, intent_buckets: int = 0) -> Understanding:
     torch.manual_seed(seed)
-    intent = IntentModel(EnsembleConfig(members=2, hidden=32), FiLMConfig(target=32))
+    intent = IntentModel(
+        EnsembleConfig(members=2, hidden=32),
+        FiLMConfig(target=32),
+        LexiconConfig(intent_buckets, members=2, out_dim=78),
+    )
     _nonzero_film(intent)
+    if intent_buckets:
+        with torch.no_grad():
+            intent.lexicon.table.normal_(0.0, 2.0)
     emotion = EmotionModel(
         EnsembleConfig(members=2, hidden=16, out_dim=28),
         EnsembleConfig(members=2, in_dim=136, hidden=16, out_dim=8, input_scale=1.0),
@@ -320,3 +329,34 @@ def test_the_serving_path_computes_what_the_modules_compute() -> None:
     ):
         assert list(r.emotion_scores.values()) == pytest.approx(row, abs=1e-5)
         assert r.emotion == SERVICE_EMOTIONS[label]
+
+
+@pytest.mark.parametrize("emotion_buckets", [64, 32, 0])
+def test_the_intent_lexical_branch_is_served_as_the_module_computes_it(
+    emotion_buckets: int, tmp_path: Path
+) -> None:
+    made = _understanding(buckets=emotion_buckets, intent_buckets=64)
+    for model in (made.intent_model, made.emotion_model):
+        model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    artifact = IntentArtifact(made.intent_model, INTENTS, made.temperature, 0.2, None)
+    save_intent(tmp_path / "intent.pt", artifact)
+    loaded = load_intent(tmp_path / "intent.pt")
+    assert loaded.model.lexicon.config == made.intent_model.lexicon.config
+    heads = Understanding(loaded, made.emotion_model, torch.device("cpu"))
+    text = _unit(3, 384, 14)
+    t, profile = torch.from_numpy(text), torch.from_numpy(_unit(3, 128, 15))
+    on = torch.tensor([True, False, True])
+    logits = heads.intent_model(t, profile, on, lexical_batch(MESSAGES, 64))
+    expected = torch.softmax(logits / heads.temperature, dim=-1).mean(dim=0)
+    assert torch.allclose(heads.intent_probs(t, profile, on, MESSAGES), expected, atol=1e-5)
+    plain = heads.intent_probs(t, profile, on)
+    assert not torch.allclose(plain, expected, atol=1e-3)
+    # Both heads' cues come from one featurisation; the emotion's are as without the intent's.
+    cued = heads.predict_many(text, None, None, MESSAGES)
+    no_cues = IntentModel(EnsembleConfig(members=2, hidden=32), FiLMConfig(target=32))
+    plain_intent = IntentArtifact(no_cues.eval(), INTENTS, made.temperature, 0.2, None)
+    alone = Understanding(plain_intent, heads.emotion_model, torch.device("cpu")).predict_many(
+        text, None, None, MESSAGES
+    )
+    for a, b in zip(cued, alone, strict=True):
+        assert list(a.emotion_scores.values()) == pytest.approx(list(b.emotion_scores.values()))
