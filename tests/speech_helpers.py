@@ -6,8 +6,10 @@ the server decodes each frame and resamples it to 16 kHz with a `StreamResampler
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +24,18 @@ ESPEAK = shutil.which("espeak-ng")
 needs_espeak = pytest.mark.skipif(
     ESPEAK is None, reason="espeak-ng is not installed (scripts/test.sh and CI install it)"
 )
+
+
+def ravdess_dir() -> Path:
+    """The shared RAVDESS folder (ASSISTANT_DATA_DIR, which CI sets); skips the test without it."""
+    root = os.environ.get("ASSISTANT_DATA_DIR")
+    if not root:
+        pytest.skip("ASSISTANT_DATA_DIR is unset: no RAVDESS to featurize")
+    data_dir = Path(root) / "ravdess_speech_16k_flac"
+    if not (data_dir / "labels.csv").exists():
+        pytest.skip(f"{data_dir} holds no RAVDESS labels.csv")
+    return data_dir
+
 
 # The espeak-ng voice Whisper tiny.en understands best through the telephone band (of the
 # voices and variants measured; see fusion/asr.py).

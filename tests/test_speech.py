@@ -31,6 +31,7 @@ from fusion.speech import (
     SpeechFeaturizer,
     ravdess_features,
 )
+from tests.speech_helpers import ravdess_dir
 
 
 def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> npt.NDArray[np.float32]:
@@ -208,12 +209,7 @@ def test_telephone_band_input_gives_a_similar_embedding(featurizer: SpeechFeatur
 
 
 def test_ravdess_smoke(featurizer: SpeechFeaturizer, tmp_path: Path) -> None:
-    root = os.environ.get("ASSISTANT_DATA_DIR")
-    if not root:
-        pytest.skip("ASSISTANT_DATA_DIR is unset: no RAVDESS to featurize")
-    data_dir = Path(root) / "ravdess_speech_16k_flac"
-    if not (data_dir / "labels.csv").exists():
-        pytest.skip(f"{data_dir} holds no RAVDESS labels.csv")
+    data_dir = ravdess_dir()
     x, labels, actors, files = ravdess_features(
         data_dir, featurizer, cache_dir=tmp_path, limit=4, progress=False
     )

@@ -3,7 +3,6 @@ telephone path its training copies go through."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from fusion.voice_emotion import (
     telephone_copy,
     voice_emotion_vector,
 )
-from tests.speech_helpers import caller_16k, needs_espeak
+from tests.speech_helpers import caller_16k, needs_espeak, ravdess_dir
 
 
 def _tone(hz: float, seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
@@ -96,12 +95,7 @@ async def test_the_pool_hands_the_encoder_mean_on(recognizer: SpeechRecognizer) 
 def test_ravdess_features_for_the_emotion_head(
     recognizer: SpeechRecognizer, tmp_path: Path
 ) -> None:
-    root = os.environ.get("ASSISTANT_DATA_DIR")
-    if not root:
-        pytest.skip("ASSISTANT_DATA_DIR is unset: no RAVDESS to featurize")
-    data_dir = Path(root) / "ravdess_speech_16k_flac"
-    if not (data_dir / "labels.csv").exists():
-        pytest.skip(f"{data_dir} holds no RAVDESS labels.csv")
+    data_dir = ravdess_dir()
     featurizer = SpeechFeaturizer(select_device("cpu"))
     clean = ravdess_voice_features(
         data_dir, recognizer, featurizer, cache_dir=tmp_path, limit=3, progress=False
