@@ -68,6 +68,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from chat_messages import STEADY_MESSAGES as MESSAGES  # noqa: E402
+
 from profiles import migrate  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "load.json"
@@ -77,28 +79,6 @@ STOP_TIMEOUT_S = 120.0
 # Handshakes in flight at once: a burst of hundreds of SYNs would overflow the replicas'
 # listen backlog (100) and cost the refused ones a one-second SYN retry.
 CONNECT_CONCURRENCY = 50
-
-# Banking questions the assistant answers itself: a message that asks for a person, or a
-# run of messages the models cannot place, would hand the session to an operator.
-MESSAGES: tuple[str, ...] = (
-    "Hi, my new card still hasn't arrived, it was supposed to come yesterday.",
-    "I was charged twice for the same purchase, can you refund one of them?",
-    "How do I change my PIN?",
-    "My card payment keeps failing at checkout even though I have enough money.",
-    "How long does a transfer to another bank take?",
-    "My card is damaged, the chip stopped working.",
-    "Can I use my card abroad, in Canada for example?",
-    "Why was my transfer declined? I only tried to send 50 euros.",
-    "What fees do you charge for withdrawing cash at an ATM?",
-    "How do I top up my account with a bank transfer?",
-    "The ATM kept my card, what should I do?",
-    "What exchange rate do you use when I pay in dollars?",
-    "Can I get a virtual card for shopping online?",
-    "The transfer I sent three days ago is still pending.",
-    "How do I verify my identity in the app?",
-    "How do I activate my card?",
-    "How do I freeze my card after losing it?",
-)
 
 
 class BenchError(RuntimeError):
