@@ -55,7 +55,8 @@ _Entry = tuple[T, asyncio.Future[R], float]  # the item, its caller's future, wh
 class _Pool(Generic[T, R]):
     """One start's worker threads and the queue they take batches from.
 
-    The queue and `stopping` belong to the lock; futures are only touched on the loop.
+    The queue and `stopping` belong to the lock; futures are resolved only on the loop (a
+    worker only reads whether a caller cancelled its own).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:

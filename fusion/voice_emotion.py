@@ -34,6 +34,7 @@ from fusion.speech import (
     prepare_wave,
     read_ravdess_index,
 )
+from fusion.understanding import file_sha256
 
 if TYPE_CHECKING:
     from fusion.asr import SpeechRecognizer
@@ -77,14 +78,6 @@ def telephone_copy(wave_16k: npt.ArrayLike) -> FloatArray:
     return resample(mulaw_decode(mulaw_encode(narrow)), TELEPHONE_RATE, 16000)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ravdess_voice_features(
     data_dir: Path,
     recognizer: SpeechRecognizer,
@@ -105,7 +98,7 @@ def ravdess_voice_features(
     key = hashlib.sha256(
         "\n".join(
             [
-                _file_digest(recognizer.model_path / "model.bin"),
+                file_sha256(recognizer.model_path / "model.bin"),
                 str(recognizer.config.encoder_pad_s),
                 featurizer.weights_sha256,
                 f"format {FEATURES_FORMAT} telephone {telephone}",
