@@ -48,16 +48,17 @@ from profiles.operator_records import (
     UserQuery,
     UserSummary,
 )
-from profiles.records import SnapshotRecord, TurnRecord
-from profiles.store import (
-    Store,
-    _conversation,
-    _event,
-    _from_bytes,
-    _profile,
-    _turn,
-    _user,
+from profiles.records import TurnRecord
+from profiles.rows import (
+    conversation_record,
+    event_record,
+    from_bytes,
+    profile_record,
+    snapshot_record,
+    turn_record,
+    user_record,
 )
+from profiles.store import Store
 
 _USER_ID = re.compile(r"^[0-9a-f]{32}$")
 # Above every character: `key >= p AND key < p + TOP` is "starts with p" under binary order.
@@ -214,7 +215,9 @@ class OperatorStore:
         async with self._tx() as session:
             rows = (await session.execute(stmt)).all()
         items = [
-            UserSummary(_user(user), user.current_emotion, user.recent_intent, int(turns or 0))
+            UserSummary(
+                user_record(user), user.current_emotion, user.recent_intent, int(turns or 0)
+            )
             for user, turns in rows[: query.limit]
         ]
         more = len(rows) > query.limit and items
@@ -266,7 +269,7 @@ class OperatorStore:
                 .order_by(BehaviourEvent.occurred_at.desc(), BehaviourEvent.id.desc())
                 .limit(20)
             )
-            events = [_event(e) for e in event_rows]
+            events = [event_record(e) for e in event_rows]
             conversation_rows = list(
                 await session.scalars(
                     select(Conversation)
@@ -283,11 +286,11 @@ class OperatorStore:
                     .order_by(Turn.created_at.desc(), Turn.id.desc())
                     .limit(turns_per_conversation)
                 )
-                turns = [_turn(t) for t in turn_rows][::-1]
-                recent.append(ConversationTurns(_conversation(conversation), turns))
+                turns = [turn_record(t) for t in turn_rows][::-1]
+                recent.append(ConversationTurns(conversation_record(conversation), turns))
             return ProfileView(
-                user=_user(user),
-                profile=None if profile is None else _profile(profile),
+                user=user_record(user),
+                profile=None if profile is None else profile_record(profile),
                 current_emotion=user.current_emotion,
                 recent_intent=user.recent_intent,
                 top_intents=[IntentCount(str(label), int(n)) for label, n in intents],
@@ -307,7 +310,7 @@ class OperatorStore:
             own = await session.get(Profile, user_id)
             if own is None:
                 return []
-            target = _from_bytes(own.vector)
+            target = from_bytes(own.vector)
             version, dim = own.model_version, own.dim
         best: list[tuple[float, str]] = []  # a min-heap of (similarity, user id)
         after = ""
@@ -373,12 +376,12 @@ class OperatorStore:
             )
             session.add(row)
             await session.flush()
-            return _turn(row)
+            return turn_record(row)
 
     async def get_turn(self, turn_id: str) -> TurnRecord | None:
         async with self._tx() as session:
             row = await session.get(Turn, turn_id)
-            return None if row is None else _turn(row)
+            return None if row is None else turn_record(row)
 
     async def relabel_turn(
         self,
@@ -414,7 +417,7 @@ class OperatorStore:
                 )
             await session.flush()
             await _refresh_profile_labels(session, row.user_id, changes)
-            return _turn(row)
+            return turn_record(row)
 
     async def list_label_corrections(
         self, *, latest_only: bool = True, after_id: int = 0, limit: int = 100_000
@@ -485,16 +488,7 @@ class OperatorStore:
                 return None
             profile = await session.get(Profile, user_id)
             snapshots = [
-                SnapshotRecord(
-                    id=s.id,
-                    user_id=s.user_id,
-                    vector=_from_bytes(s.vector),
-                    model_version=s.model_version,
-                    reason=s.reason,
-                    turn_id=s.turn_id,
-                    created_at=s.created_at,
-                    modality_contributions=dict(s.modality_contributions or {}),
-                )
+                snapshot_record(s)
                 for s in await session.scalars(
                     select(ProfileSnapshot)
                     .where(ProfileSnapshot.user_id == user_id)
@@ -502,7 +496,7 @@ class OperatorStore:
                 )
             ]
             conversations = [
-                _conversation(c)
+                conversation_record(c)
                 for c in await session.scalars(
                     select(Conversation)
                     .where(Conversation.user_id == user_id)
@@ -510,13 +504,13 @@ class OperatorStore:
                 )
             ]
             turns = [
-                _turn(t)
+                turn_record(t)
                 for t in await session.scalars(
                     select(Turn).where(Turn.user_id == user_id).order_by(Turn.created_at, Turn.id)
                 )
             ]
             events = [
-                _event(e)
+                event_record(e)
                 for e in await session.scalars(
                     select(BehaviourEvent)
                     .where(BehaviourEvent.user_id == user_id)
@@ -543,8 +537,8 @@ class OperatorStore:
                 )
             ]
             return UserExport(
-                user=_user(user),
-                profile=None if profile is None else _profile(profile),
+                user=user_record(user),
+                profile=None if profile is None else profile_record(profile),
                 snapshots=snapshots,
                 conversations=conversations,
                 turns=turns,

@@ -7,10 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Any, TypeVar, cast
 
-import numpy as np
 from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -39,104 +37,35 @@ from profiles.records import (
     FinishedTurn,
     NewEvent,
     ProfileRecord,
-    ProfileUpdate,
-    Role,
     SnapshotRecord,
     StoredFrame,
     TurnLabels,
     TurnRecord,
     UserRecord,
-    Vector,
+)
+from profiles.rows import (
+    conversation_record,
+    event_record,
+    profile_record,
+    snapshot_record,
+    turn_record,
+    user_record,
 )
 from profiles.turn_statements import (
     INSERT_FRAMES,
-    INSERT_PROFILE,
-    INSERT_SNAPSHOT,
-    INSERT_TURN,
-    LABEL_TURN,
-    SELECT_PROFILE,
-    SELECT_PROFILE_FOR_UPDATE,
-    UPDATE_PROFILE,
-    UPDATE_USER,
     frame_row,
     turn_row,
 )
-
-
-def _to_bytes(vector: Vector) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def _from_bytes(blob: bytes) -> Vector:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
-
-
-def _user(row: User) -> UserRecord:
-    return UserRecord(
-        id=row.id,
-        tenant=row.tenant,
-        external_id=row.external_id,
-        name=row.name,
-        locale=row.locale,
-        created_at=row.created_at,
-        last_seen_at=row.last_seen_at,
-    )
-
-
-def _profile(row: Profile) -> ProfileRecord:
-    return ProfileRecord(
-        user_id=row.user_id,
-        vector=_from_bytes(row.vector),
-        model_version=row.model_version,
-        turn_count=row.turn_count,
-        event_count=row.event_count,
-        emotion_state=row.emotion_state,
-        intent_histogram=dict(row.intent_histogram or {}),
-        modality_contributions=dict(row.modality_contributions or {}),
-        updated_at=row.updated_at,
-    )
-
-
-def _conversation(row: Conversation) -> ConversationRecord:
-    return ConversationRecord(
-        id=row.id,
-        user_id=row.user_id,
-        channel=cast(Channel, row.channel),
-        status=cast(ConversationStatus, row.status),
-        started_at=row.started_at,
-        ended_at=row.ended_at,
-    )
-
-
-def _turn(row: Turn) -> TurnRecord:
-    return TurnRecord(
-        id=row.id,
-        conversation_id=row.conversation_id,
-        user_id=row.user_id,
-        role=cast(Role, row.role),
-        client_id=row.client_id,
-        text=row.text,
-        intent=row.intent,
-        intent_confidence=row.intent_confidence,
-        emotion=row.emotion,
-        emotion_scores=row.emotion_scores,
-        latency_ms=row.latency_ms,
-        created_at=row.created_at,
-    )
-
-
-def _event(row: BehaviourEvent) -> EventRecord:
-    return EventRecord(
-        id=row.id,
-        user_id=row.user_id,
-        conversation_id=row.conversation_id,
-        client_id=row.client_id,
-        name=row.name,
-        props=dict(row.props or {}),
-        occurred_at=row.occurred_at,
-        received_at=row.received_at,
-    )
-
+from profiles.turn_writes import (
+    FinishTurn,
+    InsertTurn,
+    ProfileChange,
+    ProfileWrite,
+    counted,
+    note_user_labels,
+    run_together,
+    write_profiles,
+)
 
 T = TypeVar("T")
 
@@ -161,37 +90,13 @@ def _none_or(row: Any, record: Callable[[Any], T]) -> T | None:
     return None if row is None else record(row)
 
 
-def _note_user_labels(session: Session, user_id: str, labels: TurnLabels) -> None:
-    """Keep the user's current emotion and recent intent (for search)."""
-    values: dict[str, str] = {}
-    if labels.emotion is not None:
-        values["current_emotion"] = labels.emotion
-    if labels.intent is not None:
-        values["recent_intent"] = labels.intent
-    if values:
-        session.execute(UPDATE_USER, {"b_id": user_id, **values})
-
-
-def _counted(histogram: dict[str, Any], intent: str | None) -> dict[str, Any]:
-    """The profile's intent counts (shown to operators) with one more `intent`."""
-    counted = dict(histogram)
-    if intent is not None:
-        counted[intent] = int(counted.get(intent, 0)) + 1
-    return counted
-
-
 def _note_labels(session: Session, user_id: str, labels: TurnLabels) -> None:
     """Labels of a turn that changes no profile vector: user columns and intent counts."""
-    _note_user_labels(session, user_id, labels)
+    note_user_labels(session, [(user_id, labels)])
     if labels.intent is not None:
         row = session.get(Profile, user_id)
         if row is not None:
-            row.intent_histogram = _counted(row.intent_histogram or {}, labels.intent)
-
-
-# A profile change is either the new state, or a function of the stored profile that computes
-# it inside the writing transaction (one round trip instead of a read, then a write).
-ProfileChange = ProfileUpdate | Callable[[ProfileRecord | None], ProfileUpdate]
+            row.intent_histogram = counted(row.intent_histogram or {}, labels.intent)
 
 
 class Store:
@@ -304,7 +209,7 @@ class Store:
             try:
                 assert self._thread_sessions is not None
                 with self._thread_sessions() as session, session.begin():
-                    return [(work(session), None) for work in works]
+                    return [(value, None) for value in run_together(session, works)]
             except Exception:  # one failed: each alone, so that the others commit
                 pass
         return [self._alone(work) for work in works]
@@ -362,7 +267,7 @@ class Store:
                         if locale is not None:
                             row.locale = locale
                     await session.flush()
-                    return _user(row)
+                    return user_record(row)
             except IntegrityError:
                 # Another connection created the same user between our select and insert.
                 continue
@@ -371,7 +276,7 @@ class Store:
     async def get_user(self, user_id: str) -> UserRecord | None:
         async with self._tx() as session:
             row = await session.get(User, user_id)
-            return None if row is None else _user(row)
+            return None if row is None else user_record(row)
 
     # conversations
 
@@ -383,14 +288,14 @@ class Store:
                 )
                 session.add(row)
                 await session.flush()
-                return _conversation(row)
+                return conversation_record(row)
         except IntegrityError:
             raise NotFound(f"user {user_id}") from None
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
         async with self._tx() as session:
             row = await session.get(Conversation, conversation_id)
-            return None if row is None else _conversation(row)
+            return None if row is None else conversation_record(row)
 
     async def set_conversation_status(
         self, conversation_id: str, status: ConversationStatus
@@ -407,7 +312,7 @@ class Store:
                 await session.execute(
                     delete(SessionFrame).where(SessionFrame.conversation_id == conversation_id)
                 )
-            return _conversation(row)
+            return conversation_record(row)
 
     # turns
 
@@ -434,7 +339,7 @@ class Store:
         )
         values = turn_row(record)
         try:
-            await self._run(lambda session: session.execute(INSERT_TURN, values))
+            await self._run(InsertTurn(values))
             return record, True
         except IntegrityError:
             pass
@@ -446,7 +351,7 @@ class Store:
                 )
             )
 
-        row = await self._run(lambda session: _none_or(existing(session), _turn))
+        row = await self._run(lambda session: _none_or(existing(session), turn_record))
         if row is None:
             raise NotFound(f"conversation {conversation_id} or user {user_id}")
         return row, False
@@ -476,41 +381,13 @@ class Store:
         profile: ProfileChange | None,
     ) -> FinishedTurn:
         """One transaction: the user turn's labels, the assistant's reply turn and the profile."""
-
-        def work(session: Session) -> FinishedTurn:
-            owner = session.execute(
-                LABEL_TURN,
-                {
-                    "b_id": user_turn_id,
-                    "intent": labels.intent,
-                    "intent_confidence": labels.intent_confidence,
-                    "emotion": labels.emotion,
-                    "emotion_scores": labels.emotion_scores,
-                },
-            ).one_or_none()
-            if owner is None:
-                raise NotFound(user_turn_id)
-            conversation_id, user_id = owner
-            reply = TurnRecord(
-                id=new_id(),
-                conversation_id=conversation_id,
-                user_id=user_id,
-                role="assistant",
-                client_id=None,
-                text=reply_text,
-                intent=None,
-                intent_confidence=None,
-                emotion=None,
-                emotion_scores=None,
-                latency_ms=latency_ms,
-                created_at=utcnow(),
-            )
-            session.execute(INSERT_TURN, turn_row(reply))
-            saved = self._write_profile(session, user_id, profile, user_turn_id, labels.intent)
-            _note_user_labels(session, user_id, labels)
-            return FinishedTurn(reply, saved)
-
-        return await self._run(work)
+        lock = self.backend == "postgresql"
+        return cast(
+            FinishedTurn,
+            await self._run(
+                FinishTurn(user_turn_id, labels, reply_text, latency_ms, profile, lock)
+            ),
+        )
 
     async def list_turns(self, conversation_id: str) -> list[TurnRecord]:
         async with self._tx() as session:
@@ -519,7 +396,7 @@ class Store:
                 .where(Turn.conversation_id == conversation_id)
                 .order_by(Turn.created_at, Turn.role.desc())
             )
-            return [_turn(r) for r in rows]
+            return [turn_record(r) for r in rows]
 
     # session frames
 
@@ -621,19 +498,24 @@ class Store:
                 .order_by(BehaviourEvent.occurred_at.desc(), BehaviourEvent.id.desc())
                 .limit(limit)
             )
-            return [_event(r) for r in rows]
+            return [event_record(r) for r in rows]
 
     # profiles
 
     async def get_profile(self, user_id: str) -> ProfileRecord | None:
-        return await self._run(lambda session: _none_or(session.get(Profile, user_id), _profile))
+        return await self._run(
+            lambda session: _none_or(session.get(Profile, user_id), profile_record)
+        )
 
     async def apply_profile(self, user_id: str, change: ProfileChange) -> ProfileRecord:
         """A profile change outside a turn (behaviour events, re-fusion), with its snapshot;
         returns the profile as saved."""
 
         def work(session: Session) -> ProfileRecord:
-            saved = self._write_profile(session, user_id, change, None, None)
+            lock = self.backend == "postgresql"
+            saved = write_profiles(session, [ProfileWrite(user_id, change, None, None)], lock=lock)[
+                0
+            ]
             assert saved is not None  # a change always leaves a profile
             return saved
 
@@ -662,7 +544,7 @@ class Store:
                 .where(Turn.user_id == user_id, Turn.role == "user")
                 .order_by(Turn.created_at, Turn.id)
             )
-            return [_turn(r) for r in rows]
+            return [turn_record(r) for r in rows]
 
     async def list_snapshots(self, user_id: str) -> list[SnapshotRecord]:
         async with self._tx() as session:
@@ -671,84 +553,4 @@ class Store:
                 .where(ProfileSnapshot.user_id == user_id)
                 .order_by(ProfileSnapshot.id)
             )
-            return [
-                SnapshotRecord(
-                    id=r.id,
-                    user_id=r.user_id,
-                    vector=_from_bytes(r.vector),
-                    model_version=r.model_version,
-                    reason=r.reason,
-                    turn_id=r.turn_id,
-                    created_at=r.created_at,
-                    modality_contributions=dict(r.modality_contributions or {}),
-                )
-                for r in rows
-            ]
-
-    def _write_profile(
-        self,
-        session: Session,
-        user_id: str,
-        change: ProfileChange | None,
-        turn_id: str | None,
-        intent: str | None,
-    ) -> ProfileRecord | None:
-        """Apply `change` (and a snapshot of the result) and count `intent`; the profile as
-        saved, or None when there was nothing to change and the user has no profile.
-
-        Core statements: this runs for every turn, and the ORM's unit of work costs more
-        than the statements themselves.
-        """
-        if change is None and intent is None:
-            return None
-        query = SELECT_PROFILE_FOR_UPDATE if self.backend == "postgresql" else SELECT_PROFILE
-        row = session.execute(query, {"b_user_id": user_id}).one_or_none()
-        current = None if row is None else _profile(cast(Profile, row))
-        if change is None:
-            if current is None:
-                return None
-            saved = replace(current, intent_histogram=_counted(current.intent_histogram, intent))
-            session.execute(
-                UPDATE_PROFILE, {"b_user_id": user_id, "intent_histogram": saved.intent_histogram}
-            )
-            return saved
-        new = change if isinstance(change, ProfileUpdate) else change(current)
-        blob = _to_bytes(new.vector)
-        saved = ProfileRecord(
-            user_id=user_id,
-            vector=np.asarray(new.vector, dtype=np.float32),
-            model_version=new.model_version,
-            turn_count=(current.turn_count if current else 0) + new.turns,
-            event_count=(current.event_count if current else 0) + new.events,
-            emotion_state=current.emotion_state if current else None,
-            intent_histogram=_counted(current.intent_histogram if current else {}, intent),
-            modality_contributions=dict(new.modality_contributions),
-            updated_at=utcnow(),
-        )
-        values = {
-            "vector": blob,
-            "dim": int(new.vector.shape[0]),
-            "model_version": saved.model_version,
-            "turn_count": saved.turn_count,
-            "event_count": saved.event_count,
-            "intent_histogram": saved.intent_histogram,
-            "modality_contributions": saved.modality_contributions,
-            "updated_at": saved.updated_at,
-        }
-        if current is None:
-            session.execute(INSERT_PROFILE, {"user_id": user_id, "emotion_state": None, **values})
-        else:
-            session.execute(UPDATE_PROFILE, {"b_user_id": user_id, **values})
-        session.execute(
-            INSERT_SNAPSHOT,
-            {
-                "user_id": user_id,
-                "vector": blob,
-                "model_version": saved.model_version,
-                "reason": new.reason,
-                "turn_id": turn_id,
-                "modality_contributions": saved.modality_contributions,
-                "created_at": saved.updated_at,
-            },
-        )
-        return saved
+            return [snapshot_record(r) for r in rows]

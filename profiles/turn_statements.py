@@ -21,8 +21,10 @@ __all__ = [
     "INSERT_SNAPSHOT",
     "INSERT_TURN",
     "LABEL_TURN",
-    "SELECT_PROFILE",
-    "SELECT_PROFILE_FOR_UPDATE",
+    "LABEL_TURNS",
+    "SELECT_PROFILES",
+    "SELECT_PROFILES_FOR_UPDATE",
+    "SELECT_TURN_OWNERS",
     "UPDATE_PROFILE",
     "UPDATE_USER",
     "frame_row",
@@ -37,14 +39,20 @@ _frames = cast(Table, SessionFrame.__table__)
 
 # An UPDATE sets the columns named in its parameters; the row is picked by the `b_` one.
 INSERT_TURN = insert(_turns)
-LABEL_TURN = (
-    update(_turns)
-    .where(_turns.c.id == bindparam("b_id"))
-    .returning(_turns.c.conversation_id, _turns.c.user_id)
+LABEL_TURNS = update(_turns).where(_turns.c.id == bindparam("b_id"))
+# Alone, the label update returns its turn's owner; an executemany cannot return rows.
+LABEL_TURN = LABEL_TURNS.returning(_turns.c.conversation_id, _turns.c.user_id)
+SELECT_TURN_OWNERS = select(_turns.c.id, _turns.c.conversation_id, _turns.c.user_id).where(
+    _turns.c.id.in_(bindparam("b_ids", expanding=True))
 )
-SELECT_PROFILE = select(*_profiles.c).where(_profiles.c.user_id == bindparam("b_user_id"))
-# PostgreSQL: the read-modify-write of a profile is safe across replicas.
-SELECT_PROFILE_FOR_UPDATE = SELECT_PROFILE.with_for_update()
+# PostgreSQL reads them FOR UPDATE: the read-modify-write of a profile is safe across
+# replicas. In user id order: transactions that lock several profiles lock them in one order.
+SELECT_PROFILES = (
+    select(*_profiles.c)
+    .where(_profiles.c.user_id.in_(bindparam("b_user_ids", expanding=True)))
+    .order_by(_profiles.c.user_id)
+)
+SELECT_PROFILES_FOR_UPDATE = SELECT_PROFILES.with_for_update()
 INSERT_PROFILE = insert(_profiles)
 UPDATE_PROFILE = update(_profiles).where(_profiles.c.user_id == bindparam("b_user_id"))
 INSERT_SNAPSHOT = insert(_snapshots)

@@ -26,6 +26,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from assistant import Models, ResponseGenerator, Settings, load_models, migrate_database
 from assistant.runtime import build_generator
+from profiles import Store
 from server import RunningServer, running
 
 PG_URL_ENV = "ASSISTANT_TEST_PG_URL"
@@ -84,6 +85,16 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     async with empty_database(request.param, tmp_path) as url:
         await asyncio.to_thread(migrate_database, url)
         yield url
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    """The store on a migrated database, on each backend."""
+    s = Store.open(db_url)
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 @pytest.fixture

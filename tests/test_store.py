@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -32,15 +31,6 @@ from profiles.records import Vector
 
 UNREACHABLE_PG = "postgresql+asyncpg://postgres@127.0.0.1:1/x"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = Store.open(db_url)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def _vector(seed: int, dim: int = 384) -> Vector:
