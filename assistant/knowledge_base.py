@@ -152,6 +152,7 @@ class KnowledgeBase:
         self.entries: tuple[KnowledgeEntry, ...] = tuple(entries)
         self._by_id = {e.id: e for e in self.entries}
         self._by_intent = {e.intent: e for e in self.entries}
+        self._position = {e.intent: i for i, e in enumerate(self.entries)}
         if len(self._by_id) != len(self.entries):
             raise KnowledgeBaseError("entry ids must be unique")
         if len(self._by_intent) != len(self.entries):
@@ -177,6 +178,11 @@ class KnowledgeBase:
         if intent in OUT_OF_SCOPE_LABELS:
             intent = OUT_OF_SCOPE
         return self._by_intent.get(intent)
+
+    def position_for_intent(self, intent: str | None) -> int | None:
+        """Where `for_intent`'s entry stands in file order."""
+        entry = self.for_intent(intent)
+        return None if entry is None else self._position[entry.intent]
 
     def missing(self, required: Iterable[str] = SUPPORTED_INTENTS) -> list[str]:
         return [intent for intent in required if intent not in self._by_intent]

@@ -66,22 +66,22 @@ def embed_in_batches(embed: Embed, texts: Sequence[str], batch_size: int = 32) -
 
 @dataclass(frozen=True, slots=True)
 class KnowledgeIndex:
-    """Row vectors [R, D] of the knowledge base and, per row, the index of its entry."""
+    """Row vectors [R, D] of the knowledge base, each entry's rows together, in entry order;
+    `starts` [E]: the first row of each entry."""
 
     kb: KnowledgeBase
     vectors: Matrix
-    owners: npt.NDArray[np.int64]
+    starts: npt.NDArray[np.intp]
 
     @classmethod
     def build(cls, kb: KnowledgeBase, embed: Embed) -> KnowledgeIndex:
         texts: list[str] = []
-        owners: list[int] = []
-        for index, entry in enumerate(kb):
-            for text in entry.retrieval_texts():
-                texts.append(text)
-                owners.append(index)
+        starts: list[int] = []
+        for entry in kb:
+            starts.append(len(texts))
+            texts.extend(entry.retrieval_texts())
         vectors = embed_in_batches(embed, texts)
-        return cls(kb, _normalised(vectors), np.asarray(owners, dtype=np.int64))
+        return cls(kb, _normalised(vectors), np.asarray(starts, dtype=np.intp))
 
     @property
     def dim(self) -> int:
@@ -93,9 +93,8 @@ class KnowledgeIndex:
         if q.shape[0] != self.dim:
             raise ValueError(f"query has {q.shape[0]} dimensions; the index has {self.dim}")
         q = q / max(float(np.linalg.norm(q)), 1e-12)
-        rows = self.vectors @ q
-        best = np.full(len(self.kb), -1.0, dtype=np.float32)
-        np.maximum.at(best, self.owners, rows)
+        # Every entry has rows (a title and an answer at least), so no segment is empty.
+        best: npt.NDArray[np.float32] = np.maximum.reduceat(self.vectors @ q, self.starts)
         return best
 
 
@@ -143,9 +142,9 @@ def rank(
     priors = understanding.intent_priors() if understanding is not None else {}
     boost = np.zeros_like(similarity)
     for label, p in priors.items():
-        entry = index.kb.for_intent(label)
-        if entry is not None:
-            boost[index.kb.entries.index(entry)] += p
+        position = index.kb.position_for_intent(label)
+        if position is not None:
+            boost[position] += p
     score = similarity + intent_weight * boost
     # A stable sort on the negated score keeps equal scores in file order: deterministic.
     order = np.argsort(-score, kind="stable")[:k]

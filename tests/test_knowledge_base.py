@@ -187,3 +187,22 @@ def test_batched_embedding_keeps_input_order() -> None:
     whole = shared_embed()(texts)
     batched = embed_in_batches(shared_embed(), texts, batch_size=2)
     assert np.allclose(whole, batched, atol=1e-5)
+
+
+def test_an_entrys_similarity_is_its_best_rows() -> None:
+    index = shared_retriever().index
+    kb = shared_kb()
+    texts = [t for entry in kb for t in entry.retrieval_texts()]
+    vectors = shared_embed()(texts)
+    query = shared_embed()(["my card payment was declined"])[0]
+    rows = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)) @ query
+    expected, start = [], 0
+    for entry in kb:
+        count = len(entry.retrieval_texts())
+        expected.append(rows[start : start + count].max())
+        start += count
+    np.testing.assert_allclose(index.similarities(query), expected, atol=1e-5)
+    for position, entry in enumerate(kb):
+        assert kb.position_for_intent(entry.intent) == position
+    assert kb.position_for_intent("oos") == kb.entries.index(kb.for_intent("out_of_scope"))
+    assert kb.position_for_intent("no_such_intent") is None
