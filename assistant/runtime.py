@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from assistant.auth_throttle import AuthThrottle
 from assistant.chat import ChatConfig, ChatService
+from assistant.chat_models import TextGenerator
 from assistant.cluster import Cluster, ClusterConfig
 from assistant.config import Settings
 from assistant.generation import ResponseGenerator
@@ -20,7 +21,7 @@ from assistant.rate_limits import RateLimiter
 from assistant.refusion import RefuseReport, refuse_all
 from assistant.voice import VoiceConfig, VoiceService
 from assistant.voice_models import VoiceModels, VoiceModelsConfig
-from fusion import BatcherConfig, FusionConfig, FusionRuntime, load_text_generator
+from fusion import BatcherConfig, FusionConfig, FusionRuntime
 from fusion.asr import AsrConfig
 from fusion.vad import VadConfig
 from profiles import EngineOptions, OperatorStore, Store, migrate
@@ -63,13 +64,21 @@ async def refuse_database(settings: Settings) -> RefuseReport:
         await store.close()
 
 
+def _load_local_model(path: str) -> TextGenerator:
+    # transformers' causal-LM and streaming classes take about half a second to import; only
+    # this LLM setting needs them, so the default start does without.
+    from fusion.chat_lm import load_text_generator
+
+    return load_text_generator(path)
+
+
 def build_generator(settings: Settings, models: Models) -> ResponseGenerator:
     """The reply generator: knowledge base embedded with the text encoder (blocking)."""
     config = settings.generation
     return ResponseGenerator.from_config(
         config,
         models.text_encoder.encode,
-        local_loader=load_text_generator if config.llm == "transformers" else None,
+        local_loader=_load_local_model if config.llm == "transformers" else None,
     )
 
 

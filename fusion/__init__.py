@@ -4,7 +4,6 @@ from fusion.asr import AsrConfig, SpeechRecognizer, Transcript, TurnTranscriber,
 from fusion.audio import StreamResampler
 from fusion.batcher import BatcherConfig, BatcherStats, MicroBatcher, Overloaded
 from fusion.behaviour import EVENT_CATALOGUE, EventLike
-from fusion.chat_lm import LocalCausalLM, load_text_generator
 from fusion.device import select_device
 from fusion.inference import FuseRequest, FuseResult, FusionInference
 from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_profile, update_state
@@ -43,7 +42,6 @@ __all__ = [
     "FusionConfig",
     "FusionInference",
     "FusionRuntime",
-    "LocalCausalLM",
     "MicroBatcher",
     "Observation",
     "Observed",
@@ -67,7 +65,6 @@ __all__ = [
     "VadEvent",
     "VadModel",
     "VadStream",
-    "load_text_generator",
     "select_device",
     "update_profile",
     "update_state",

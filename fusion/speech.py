@@ -21,8 +21,6 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import torch
-from speechbrain.lobes.features import Fbank
-from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
@@ -95,6 +93,11 @@ class SpeechEncoder(nn.Module):
     """Waveforms [B, N] at 16 kHz with relative lengths [B] -> utterance embeddings [B, EMB]."""
 
     def __init__(self, config: SpeechConfig | None = None) -> None:
+        # SpeechBrain's import takes about a second (it brings scipy.stats); the server builds
+        # the speech models after it is ready, so importing here keeps that off its start.
+        from speechbrain.lobes.features import Fbank
+        from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+
         super().__init__()
         self.config = config or SpeechConfig()
         c = self.config
