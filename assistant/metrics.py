@@ -65,6 +65,11 @@ class _BatcherCollector(Collector):
         exact = CounterMetricFamily(
             "assistant_batches", "Micro-batches run, by their exact size", labels=["model", "size"]
         )
+        cpu = CounterMetricFamily(
+            "assistant_model_cpu_seconds",
+            "CPU time of the threads running a model's micro-batches",
+            labels=["model"],
+        )
         for batcher in self._batchers():
             stats = batcher.stats
             depth.add_metric([batcher.name], batcher.depth)
@@ -75,12 +80,14 @@ class _BatcherCollector(Collector):
             buckets.append(("+Inf", sum(counts.values())))
             sizes.add_metric([batcher.name], buckets, sum_value=stats.items)
             seconds.add_metric([batcher.name], count_value=stats.batches, sum_value=stats.busy_s)
+            cpu.add_metric([batcher.name], stats.cpu_s)
             for size, n in sorted(counts.items()):
                 exact.add_metric([batcher.name, str(size)], n)
         yield depth
         yield sizes
         yield seconds
         yield exact
+        yield cpu
 
 
 class Metrics:
@@ -114,16 +121,27 @@ class Metrics:
             "1 while Redis is reachable; 0 when it is down or not configured",
             registry=registry,
         )
+        self.store_cpu = Gauge(
+            "assistant_store_thread_cpu_seconds",
+            "CPU time of the SQLite store's thread in transactions (0 on other databases)",
+            registry=registry,
+        )
         self.draining = Gauge(
             "assistant_draining", "1 once SIGTERM started the drain", registry=registry
         )
 
     def watch(
-        self, *, sessions: Callable[[], int], redis_up: Callable[[], bool], batchers: Batchers
+        self,
+        *,
+        sessions: Callable[[], int],
+        redis_up: Callable[[], bool],
+        batchers: Batchers,
+        store_cpu: Callable[[], float],
     ) -> None:
         """Gauges read at scrape time from the objects that hold the state."""
         self.live_sessions.set_function(lambda: float(sessions()))
         self.redis_up.set_function(lambda: 1.0 if redis_up() else 0.0)
+        self.store_cpu.set_function(store_cpu)
         self.registry.register(_BatcherCollector(batchers))
 
     def opened(self, route: str) -> None:

@@ -166,6 +166,7 @@ class Runtime:
             sessions=lambda: len(self.chat.sessions),
             redis_up=lambda: self.cluster.up,
             batchers=lambda: self.models.batchers,
+            store_cpu=lambda: self.store.thread_cpu_s,
         )
         self._started = False
 

@@ -213,6 +213,9 @@ class Throughput:
     server_cpu_ms: float
     event_loop_cpu_ms: float
     model_cpu_ms: float
+    # ... and, of the server's, its model workers (in batches) and its store thread.
+    server_model_cpu_ms: float
+    store_cpu_ms: float
     load: Load
 
 
@@ -499,6 +502,7 @@ class BatchCounts:
     exact: bool
     model_s: float  # seconds in model calls, all batches
     batches: int
+    model_cpu_s: float  # CPU seconds of the threads that ran them
 
 
 def batch_counts(samples: Samples, model: str) -> BatchCounts:
@@ -515,8 +519,9 @@ def batch_counts(samples: Samples, model: str) -> BatchCounts:
             buckets[float(label["le"])] = value
     seconds = samples.get(("assistant_model_seconds_sum", frozenset({("model", model)})), 0.0)
     count = int(samples.get(("assistant_model_seconds_count", frozenset({("model", model)})), 0))
+    cpu = samples.get(("assistant_model_cpu_seconds_total", frozenset({("model", model)})), 0.0)
     if exact:
-        return BatchCounts(exact, True, seconds, count)
+        return BatchCounts(exact, True, seconds, count, cpu)
     # A server without the exact counter: each bucket's batches at its upper bound.
     sizes: dict[int, int] = {}
     below = 0.0
@@ -525,7 +530,7 @@ def batch_counts(samples: Samples, model: str) -> BatchCounts:
         if in_bucket:
             sizes[int(bound)] = in_bucket
         below = buckets[bound]
-    return BatchCounts(sizes, False, seconds, count)
+    return BatchCounts(sizes, False, seconds, count, cpu)
 
 
 def counts_between(before: BatchCounts, after: BatchCounts) -> BatchCounts:
@@ -535,8 +540,17 @@ def counts_between(before: BatchCounts, after: BatchCounts) -> BatchCounts:
         if n - before.sizes.get(size, 0) > 0
     }
     return BatchCounts(
-        sizes, after.exact, after.model_s - before.model_s, after.batches - before.batches
+        sizes,
+        after.exact,
+        after.model_s - before.model_s,
+        after.batches - before.batches,
+        after.model_cpu_s - before.model_cpu_s,
     )
+
+
+def store_cpu_s(samples: Samples) -> float:
+    """CPU seconds the server's SQLite store thread has spent, from one /metrics scrape."""
+    return samples.get(("assistant_store_thread_cpu_seconds", frozenset()), 0.0)
 
 
 # the client side
@@ -1012,7 +1026,7 @@ async def throughput_phase(
     latencies: list[float] = []
     sizes: Counter[int] = Counter()
     exact = True
-    elapsed = server_model_s = model_s = model_cpu_s = 0.0
+    elapsed = server_model_s = model_s = model_cpu_s = server_model_cpu_s = store_s = 0.0
     server_cpu = Cpu(0.0, 0.0)
     batch_s: dict[int, list[float]] = {}
     started = load_average()
@@ -1033,6 +1047,8 @@ async def throughput_phase(
             sizes.update(window.batches.sizes)
             exact = exact and window.batches.exact
             server_model_s += window.batches.model_s
+            server_model_cpu_s += window.batches.model_cpu_s
+            store_s += window.store_cpu_s
             server_cpu += window.cpu
             for size, count in window.batches.sizes.items():
                 seconds, cpu_s = await bench.run(
@@ -1072,6 +1088,8 @@ async def throughput_phase(
         server_cpu_ms=server_cpu.total_s * 1000.0 / max(1, messages),
         event_loop_cpu_ms=server_cpu.event_loop_s * 1000.0 / max(1, messages),
         model_cpu_ms=model_cpu_s * 1000.0 / max(1, items),
+        server_model_cpu_ms=server_model_cpu_s * 1000.0 / max(1, items),
+        store_cpu_ms=store_s * 1000.0 / max(1, messages),
         load=Load(started, load_average()),
     )
 
@@ -1082,6 +1100,7 @@ class Window:
     seconds: float
     batches: BatchCounts
     cpu: Cpu  # the server's, in the window
+    store_cpu_s: float  # its store thread's, in the window
 
 
 async def load_round(
@@ -1102,13 +1121,13 @@ async def load_round(
     tasks = [asyncio.create_task(chat(c, 7 * n)) for n, c in enumerate(clients)]
     try:
         await asyncio.sleep(warmup_s)
-        before = batch_counts(await server.metrics(), TURN_BATCHER)
+        before = await server.metrics()
         cpu_before = server.cpu()
         start = time.perf_counter()
         await asyncio.sleep(duration_s)
         end = time.perf_counter()
         cpu = server.cpu() - cpu_before
-        after = batch_counts(await server.metrics(), TURN_BATCHER)
+        after = await server.metrics()
         stop.set()
         # Each client finishes its turn in flight; the server is idle once they have.
         await asyncio.gather(*tasks)
@@ -1122,8 +1141,9 @@ async def load_round(
     return Window(
         [seconds for at, seconds in done if start <= at <= end],
         end - start,
-        counts_between(before, after),
+        counts_between(batch_counts(before, TURN_BATCHER), batch_counts(after, TURN_BATCHER)),
         cpu,
+        store_cpu_s(after) - store_cpu_s(before),
     )
 
 
@@ -1439,6 +1459,13 @@ def render(report: Report) -> str:
             "CPU per message: server / its loop",
             f"{thr.server_cpu_ms:.2f} / {thr.event_loop_cpu_ms:.2f} ms; model alone "
             f"{thr.model_cpu_ms:.2f} ms",
+        )
+        rest = (
+            thr.server_cpu_ms - thr.server_model_cpu_ms - thr.store_cpu_ms - thr.event_loop_cpu_ms
+        )
+        row(
+            "  of the server's: models / store",
+            f"{thr.server_model_cpu_ms:.2f} / {thr.store_cpu_ms:.2f} ms; the rest {rest:.2f} ms",
         )
         row("server / model", f"{thr.ratio:.2f}   (target >= {TARGET_THROUGHPUT_RATIO})")
 

@@ -43,6 +43,9 @@ class BatcherStats:
     items: int = 0
     largest_batch: int = 0
     busy_s: float = 0.0
+    # CPU seconds of the threads that ran the batches: next to busy_s, what the model cost
+    # beside the rest of the process (bench/chat.py compares it with the model alone).
+    cpu_s: float = 0.0
     sizes: dict[int, int] = field(default_factory=dict)
     # Seconds each recent item spent queued before its batch started (the batching cost).
     waits_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
@@ -176,6 +179,7 @@ class MicroBatcher(Generic[T, R]):
                 if pool.queue:
                     pool.ready.notify()
             started = time.perf_counter()
+            cpu_started = time.thread_time()
             outcome: Sequence[R] | Exception
             try:
                 outcome = self._fn([item for item, _, _ in batch])
@@ -184,10 +188,11 @@ class MicroBatcher(Generic[T, R]):
             except Exception as exc:
                 outcome = exc
             ended = time.perf_counter()
+            cpu_s = time.thread_time() - cpu_started
             with pool.ready:
                 del pool.running[index]
             try:
-                pool.loop.call_soon_threadsafe(self._deliver, batch, outcome, started, ended)
+                pool.loop.call_soon_threadsafe(self._deliver, batch, outcome, started, ended, cpu_s)
             except RuntimeError:
                 return  # the loop is closed: nobody is left to answer
 
@@ -197,6 +202,7 @@ class MicroBatcher(Generic[T, R]):
         outcome: Sequence[R] | Exception,
         started: float,
         ended: float,
+        cpu_s: float,
     ) -> None:
         self.stats.waits_s.extend(started - queued for _, _, queued in batch)
         if isinstance(outcome, Exception):
@@ -207,13 +213,14 @@ class MicroBatcher(Generic[T, R]):
             for (_, future, _), result in zip(batch, outcome, strict=True):
                 if not future.done():
                     future.set_result(result)
-        self._record(len(batch), ended - started)
+        self._record(len(batch), ended - started, cpu_s)
 
-    def _record(self, size: int, seconds: float) -> None:
+    def _record(self, size: int, seconds: float, cpu_s: float) -> None:
         stats = self.stats
         stats.batches += 1
         stats.items += size
         stats.busy_s += seconds
+        stats.cpu_s += cpu_s
         stats.batch_s.append(seconds)
         stats.largest_batch = max(stats.largest_batch, size)
         stats.sizes[size] = stats.sizes.get(size, 0) + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -126,6 +127,9 @@ class Store:
         # running goes into the next one, together.
         self._queued: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
         self._committer: asyncio.Task[None] | None = None
+        # CPU seconds of the store's thread in transactions, for the metrics: on a small
+        # machine it is taken from the models.
+        self.thread_cpu_s = 0.0
 
     @classmethod
     def open(cls, url: str, options: EngineOptions | None = None) -> Store:
@@ -205,6 +209,13 @@ class Store:
             self._committer = None
 
     def _in_thread(self, works: list[Callable[[Session], Any]]) -> list[_Outcome]:
+        started = time.thread_time()
+        try:
+            return self._together(works)
+        finally:
+            self.thread_cpu_s += time.thread_time() - started
+
+    def _together(self, works: list[Callable[[Session], Any]]) -> list[_Outcome]:
         if len(works) > 1:
             try:
                 assert self._thread_sessions is not None

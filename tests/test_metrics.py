@@ -87,7 +87,15 @@ async def test_metrics_move_as_turns_happen(
             assert value(during, "assistant_model_seconds_sum", labels) > value(
                 before, "assistant_model_seconds_sum", labels
             )
+            # The threads that ran the batch spent CPU on it (bench/chat.py reads this).
+            assert value(during, "assistant_model_cpu_seconds_total", labels) > value(
+                before, "assistant_model_cpu_seconds_total", labels
+            )
     assert grew, "the turn went through the models' micro-batches"
+    # The turn's rows were written on the SQLite store's own thread.
+    assert value(during, "assistant_store_thread_cpu_seconds") > value(
+        before, "assistant_store_thread_cpu_seconds"
+    )
 
     await client.ws.close()
     for _ in range(100):
