@@ -613,33 +613,33 @@ def packed_gemm_available(device: torch.device) -> bool:
 
 
 class _Gemm:
-    """x [B, in] -> x @ weight.T (+ bias) [B, out]; float16 weights packed for fbgemm where
-    available (checkpoints store float16, so nothing is lost), else a float matmul.
+    """x [B, in] -> x @ weight.T + bias [B, out].
 
-    `pack=False` for small layers: fbgemm's call costs about 8 us more than a float one, more
-    than reading a small float32 weight takes."""
+    A lone row is a float32 `addmm` over the weight stored [in, out]: right after a MiniLM
+    forward has evicted the weight, that beats fbgemm's float16 GEMM even on twice the bytes
+    (cold, 1,536 x 128: 0.08 against 0.20 ms; 768 x 392: 0.12 against 0.21; 4,608 x 384:
+    0.39 against 0.41), and beats `linear` over the weight stored [out, in] (0.70 ms for the
+    largest). Batches, where arithmetic counts, use the float16 weights packed for fbgemm
+    where `packed` and available (checkpoints store float16: both forms hold the same
+    values)."""
 
     def __init__(
-        self,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        device: torch.device,
-        pack: bool = True,
+        self, weight: torch.Tensor, bias: torch.Tensor, device: torch.device, packed: bool = True
     ) -> None:
-        w = weight.detach().float().contiguous()  # [out, in]
-        b = None if bias is None else bias.detach().float().contiguous()
+        w = weight.detach().float()  # [out, in]
+        b = bias.detach().float().contiguous()
         self.packed = (
-            torch.ops.quantized.linear_prepack_fp16(w, b)
-            if pack and packed_gemm_available(device)
+            torch.ops.quantized.linear_prepack_fp16(w.contiguous(), b)
+            if packed and packed_gemm_available(device)
             else None
         )
-        self.weight, self.bias = w.to(device), None if b is None else b.to(device)
+        self.weight_t, self.bias = w.t().contiguous().to(device), b.to(device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
+        if self.packed is not None and x.shape[0] > 1:
             out: torch.Tensor = torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
             return out
-        return torch.nn.functional.linear(x, self.weight, self.bias)
+        return torch.addmm(self.bias, x, self.weight_t)
 
 
 def _first_layer(mlp: EnsembleMLP) -> torch.Tensor:
@@ -648,13 +648,25 @@ def _first_layer(mlp: EnsembleMLP) -> torch.Tensor:
     return mlp.w1.detach().permute(0, 2, 1).reshape(c.members * c.hidden, c.in_dim)
 
 
+def _tensor(array: npt.NDArray[Any], device: torch.device) -> torch.Tensor:
+    """A numpy array as a tensor on `device`; on a CPU, the same memory, with no `.to` call."""
+    out = torch.from_numpy(array)
+    return out if device.type == "cpu" else out.to(device)
+
+
+def _stacked_map(mapping: torch.Tensor, members: int) -> torch.Tensor:
+    """[C, E] label mapping -> [M*C, E] taking members' probabilities side by side [B, M*C] to
+    the member average's mapped probabilities: the average and the mapping in one matmul."""
+    return mapping.repeat(members, 1) / members
+
+
 class ServingHeads:
     """What `IntentModel` (with its temperature) and `EmotionModel` compute, in about a third
     of the operations, for the server's common case of one message at a time.
 
     At batch 1 the heads do little arithmetic: after a MiniLM forward has evicted them from the
     caches, the time goes to reading weights and to per-operation overhead. So every first
-    layer that reads the text vector (intent and emotion members alike) is one float16 GEMM,
+    layer that reads the text vector (intent and emotion members alike) is one GEMM,
     constants are folded in at load time, and no module is called. Tests hold the outputs to
     the modules'.
     """
@@ -683,47 +695,38 @@ class ServingHeads:
         )
         self.split = trunk.config.members * trunk.config.hidden
         self.intent_shape = (trunk.config.members, trunk.config.hidden)
-        # The temperature folded into the last layer: logits / T in one matmul.
-        self.temperature = temperature
-        self.intent_w2 = trunk.w2.detach() / temperature
-        self.intent_b2 = trunk.b2.detach() / temperature
+        self.device = device
+        # Temperatures folded into the last layers (logits / T in one matmul), and into the
+        # last biases, which `lexical_logits` returns with the lexical cues. The intent's
+        # last layer is stored [M, C, H] and its logits computed [M, C, B]: at batch 1 that
+        # makes each member's product a matrix-vector one, which reads the cold weights
+        # faster than a vector-matrix one.
+        self.intent_w2 = (trunk.w2.detach() / temperature).transpose(1, 2).contiguous()
+        biases = [trunk.b2.detach().reshape(-1) / temperature]
+        bags = [(intent.lexicon, 1.0 / temperature)]
         linears = [m for m in film.net if isinstance(m, nn.Linear)]
         width = film.config.target
         # gamma = 1 + generator output: the 1 goes into the last bias. A row without a
-        # profile takes `film_identity` (gamma 1, beta 0, no logit bias) instead.
+        # profile takes `film_identity` (gamma 1, beta 0, no logit bias) instead. The logit
+        # bias is divided by the temperature after the GEMM: folded into the weights, the
+        # quotient would be rounded to float16 in the packed copy.
         last_bias = linears[1].bias.detach().clone()
         last_bias[:width] += 1.0
-        self.film1 = _Gemm(linears[0].weight, linears[0].bias, device, pack=False)
+        self.temperature = temperature
+        self.film1 = _Gemm(linears[0].weight, linears[0].bias, device, packed=False)
         self.film2 = _Gemm(linears[1].weight, last_bias, device)
         self.film_identity = torch.zeros_like(last_bias)
         self.film_identity[:width] = 1.0
         self.film_width = width
-        self.device = device
         self.emotion = emotion
-        # Lexical branches: each head's table as float32 rows [buckets, M*C] (the intent's
-        # with its temperature folded in), side by side in one table when the heads hash into
-        # the same buckets, so that a message's rows are gathered and summed once for both
-        # (a wider row costs next to nothing: numpy's per-call overhead dominates).
-        bags = [(intent.lexicon, 1.0 / temperature)]
         if emotion is not None:
-            bags.append((emotion.lexicon, 1.0))
-        self.lexicon_tables: list[tuple[int, Vector]] = []
-        for bag, scale in bags:
-            if not bag.config.buckets:
-                continue
-            table = (bag.table.detach().float().cpu() * scale).numpy()
-            if self.lexicon_tables and self.lexicon_tables[-1][0] == bag.config.buckets:
-                table = np.concatenate([self.lexicon_tables.pop()[1], table], axis=1)
-            self.lexicon_tables.append((bag.config.buckets, table))
-        self.intent_lexicon_width = (
-            trunk.config.members * trunk.config.out_dim if intent.lexicon.config.buckets else 0
-        )
-        if emotion is not None:
-            self.emotion_shape = (emotion.text.config.members, emotion.text.config.hidden)
-            self.emotion_w2, self.emotion_b2 = emotion.text.w2.detach(), emotion.text.b2.detach()
-            self.emotion_lexicon = bool(emotion.lexicon.config.buckets)
-            self.emotion_inv_t = 1.0 / emotion.get_buffer("temperature")
-            self.text_map = emotion.get_buffer("text_map")
+            t_text, t_speech = emotion.get_buffer("temperature").tolist()
+            text = emotion.text.config
+            self.emotion_shape = (text.members, text.hidden)
+            self.emotion_w2 = emotion.text.w2.detach() / t_text
+            biases.append(emotion.text.b2.detach().reshape(-1) / t_text)
+            bags.append((emotion.lexicon, 1.0 / t_text))
+            self.text_map = _stacked_map(emotion.get_buffer("text_map"), text.members)
             self.text_offsets = emotion.get_buffer("text_offsets")
             # The speech features' standardisation folded into the speech first layer.
             sc = emotion.speech.config
@@ -732,10 +735,29 @@ class ServingHeads:
             b = emotion.speech.b1.detach().reshape(-1) - w @ emotion.get_buffer("speech_mean")
             self.speech_first = _Gemm(w, b, device)
             self.speech_shape = (sc.members, sc.hidden)
-            self.speech_w2, self.speech_b2 = emotion.speech.w2.detach(), emotion.speech.b2.detach()
-            self.speech_map = emotion.get_buffer("speech_map")
-            self.fusion_weight = emotion.get_buffer("fusion_weight")
+            self.speech_w2 = emotion.speech.w2.detach() / t_speech
+            self.speech_b2 = emotion.speech.b2.detach() / t_speech
+            self.speech_map = _stacked_map(emotion.get_buffer("speech_map"), sc.members)
+            self.fusion_weight = [float(w) for w in emotion.get_buffer("fusion_weight")]
             self.fusion_bias = emotion.get_buffer("fusion_bias")
+        # Both heads' last biases side by side, [M*C] each, and their lexical tables as float32
+        # rows [buckets, M*C] scaled like the logits, in one table when the heads hash into
+        # the same buckets, so that a message's rows are gathered and summed once for both (a
+        # wider row costs next to nothing: numpy's per-call overhead dominates).
+        self.bias_row = torch.cat(biases).cpu().numpy()
+        self.intent_width = biases[0].shape[0]
+        self.lexicon_tables: list[tuple[int, int, Vector]] = []  # (buckets, first column, rows)
+        column = 0
+        for (bag, scale), bias in zip(bags, biases, strict=True):
+            if bag.config.buckets:
+                table = (bag.table.detach().float().cpu() * scale).numpy()
+                last = self.lexicon_tables[-1] if self.lexicon_tables else None
+                if last is not None and last[0] == bag.config.buckets:
+                    self.lexicon_tables[-1] = (last[0], last[1], np.hstack([last[2], table]))
+                else:
+                    self.lexicon_tables.append((bag.config.buckets, column, table))
+            column += bias.shape[0]
+        self.biases = self._members(self.bias_row[None, :])
 
     def hidden(self, text: torch.Tensor) -> torch.Tensor:
         """[B, D] -> [B, every first layer's units]."""
@@ -751,88 +773,102 @@ class ServingHeads:
         """[B, 78] calibrated probabilities, the member average. `profile` [B, P] or None
         when no row has one; `present` [B] marks the rows that do, or None when all do (the
         caller knows these from its inputs, which saves reading them back from tensors);
-        `lexical`: the intent part of `lexical_logits`, or None."""
-        h = hidden[:, : self.split].view(-1, *self.intent_shape).transpose(0, 1)  # [M, B, H]
+        `lexical`: the intent part of `lexical_logits`, or None without the texts."""
+        h = hidden[:, : self.split].view(-1, *self.intent_shape).permute(1, 2, 0)  # [M, H, B]
+        start = (self.biases[0] if lexical is None else lexical).transpose(1, 2)
         logit_bias = None
         if profile is not None:
-            g = self.film2(torch.nn.functional.gelu(self.film1(profile)))  # [B, 2H + C]
+            g = self.film2(torch.nn.functional.gelu(self.film1(profile))).t()  # [2H + C, B]
             if present is not None:
-                g = torch.where(present.unsqueeze(-1), g, self.film_identity)
+                g = torch.where(present, g, self.film_identity.unsqueeze(-1))
             w = self.film_width
-            h = torch.addcmul(g[:, w : 2 * w], h, g[:, :w])
-            if g.shape[1] > 2 * w:
-                logit_bias = g[:, 2 * w :]
-        b2 = self.intent_b2 if lexical is None else self.intent_b2 + lexical
-        logits = torch.baddbmm(b2, h, self.intent_w2)  # [M, B, C]
+            h = torch.addcmul(g[w : 2 * w], h, g[:w])
+            if g.shape[0] > 2 * w:
+                logit_bias = g[2 * w :]
+        logits = torch.baddbmm(start, self.intent_w2, h)  # [M, C, B]
         if logit_bias is not None:
             logits = logits + logit_bias / self.temperature
-        return torch.softmax(logits, dim=-1).mean(dim=0)
-
-    def _expert(
-        self, h: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, inv_t: torch.Tensor
-    ) -> torch.Tensor:
-        """Members' hidden units [B, M, H] -> member-averaged probabilities [B, C]."""
-        logits = torch.baddbmm(b2, h.transpose(0, 1), w2)  # [M, B, C]
-        return torch.softmax(logits * inv_t, dim=-1).mean(dim=0)
+        return torch.softmax(logits, dim=1).mean(dim=0).t()
 
     def lexical_logits(
-        self, texts: Sequence[str]
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """What the heads' `LexicalBag`s add to their members' logits, [M, B, C] each (the
-        intent's divided by its temperature), or None for a head without a lexical branch.
-        A handful of table rows per message, summed in numpy: torch's per-operation overhead
-        would be most of the cost."""
-        if not self.lexicon_tables:
-            return None, None
-        width = sum(table.shape[1] for _, table in self.lexicon_tables)
-        out = np.empty((len(texts), width), dtype=np.float32)
+        self, texts: Sequence[str] | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What each head's `LexicalBag` adds to its members' logits, [M, B, C], with the
+        last layer's bias already added, so that neither head adds it again (both scaled by
+        the temperature, as the logits are). A head without a lexical branch, or any head
+        without `texts`, gets the bias alone (B = 1, broadcast); the emotion part is None
+        without an emotion head. A handful of table rows per message, summed in numpy:
+        torch's per-operation overhead would be most of the cost."""
+        if texts is None or not self.lexicon_tables:
+            return self.biases
+        # Columns without a lexical branch keep their zeros; the numpy calls are the leanest
+        # (`take` and `add.reduce` skip `__getitem__`'s and `sum`'s Python-level dispatch).
+        out = np.zeros((len(texts), self.bias_row.shape[0]), dtype=np.float32)
         for i, text in enumerate(texts):
             hashes = lexical_hashes(text)
-            start = 0
-            for buckets, table in self.lexicon_tables:
+            for buckets, column, table in self.lexicon_tables:
                 ids = list({h % buckets for h in hashes})
-                row = table[ids].sum(axis=0) * (1.0 / math.sqrt(max(len(ids), 1)))
-                out[i, start : start + table.shape[1]] = row
-                start += table.shape[1]
-        split = self.intent_lexicon_width
-        intent = self._members(out[:, :split], self.intent_shape[0]) if split else None
-        emotion = (
-            self._members(out[:, split:], self.emotion_shape[0])
-            if self.emotion is not None and self.emotion_lexicon
-            else None
+                np.multiply(
+                    np.add.reduce(table.take(ids, axis=0), axis=0),
+                    1.0 / math.sqrt(max(len(ids), 1)),
+                    out=out[i, column : column + table.shape[1]],
+                )
+        out += self.bias_row
+        return self._members(out)
+
+    def _members(self, rows: Vector) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, both heads' M*C] -> ([M, B, C] of the intent, of the emotion or None)."""
+        split = self.intent_width
+        intent = _tensor(rows[:, :split].reshape(len(rows), self.intent_shape[0], -1), self.device)
+        if self.emotion is None:
+            return intent.transpose(0, 1), None
+        emotion = _tensor(
+            rows[:, split:].reshape(len(rows), self.emotion_shape[0], -1), self.device
         )
-        return intent, emotion
+        return intent.transpose(0, 1), emotion.transpose(0, 1)
 
-    def _members(self, rows: Vector, members: int) -> torch.Tensor:
-        """[B, M*C] -> [M, B, C] on the heads' device."""
-        out = torch.from_numpy(rows.reshape(len(rows), members, -1).transpose(1, 0, 2))
-        return out if self.device.type == "cpu" else out.to(self.device)
+    def _expert(
+        self, h: torch.Tensor, start: torch.Tensor, w2: torch.Tensor, mapping: torch.Tensor
+    ) -> torch.Tensor:
+        """Members' hidden units [B, M, H] -> mapped member-averaged probabilities [B, E],
+        floored at 1e-6 as the module's are before their log."""
+        logits = torch.baddbmm(start, h.transpose(0, 1), w2)  # [M, B, C]
+        probs = torch.softmax(logits, dim=-1).transpose(0, 1)  # [B, M, C]
+        return (probs.reshape(probs.shape[0], -1) @ mapping).clamp_min(1e-6)
 
-    def emotion_scores(
+    def emotion_probs(
         self,
         hidden: torch.Tensor,
-        speech: torch.Tensor,
-        has_speech: torch.Tensor,
+        speech: torch.Tensor | None,
+        has_speech: torch.Tensor | None,
         lexical: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As `EmotionModel.forward`: (log-probabilities [B, 7], decision scores [B, 7]).
-        `lexical`: the emotion part of `lexical_logits`, or None."""
+        """As `EmotionModel.forward`, (probabilities [B, 7], decision scores [B, 7]): the
+        exponent of its log-probabilities (renormalised, as the results are) and its decision
+        scores up to a constant per row, which leaves their argmax. `speech` [B, S] or None
+        when no row has any; `has_speech` [B] marks the rows that do, or None when all do.
+        `lexical`: the emotion part of `lexical_logits`, or None without the texts."""
         if self.emotion is None:
             raise ValueError("built without an emotion model")
         h = hidden[:, self.split :].view(-1, *self.emotion_shape)
-        b2 = self.emotion_b2 if lexical is None else self.emotion_b2 + lexical  # [M, B, C]
-        probs = self._expert(h, self.emotion_w2, b2, self.emotion_inv_t[0])
-        log_text = (probs @ self.text_map).clamp_min(1e-6).log()
-        decision = log_text + self.text_offsets
-        if not bool(has_speech.any()):
-            return log_text, decision
+        start = self.biases[1] if lexical is None else lexical
+        assert start is not None
+        text = self._expert(h, start, self.emotion_w2, self.text_map)  # [B, 7]
+        log_text = text.log()
+        if speech is None:
+            return text / text.sum(dim=1, keepdim=True), log_text + self.text_offsets
         hs = torch.nn.functional.gelu(self.speech_first(speech)).view(-1, *self.speech_shape)
-        speech_probs = self._expert(hs, self.speech_w2, self.speech_b2, self.emotion_inv_t[1])
-        log_speech = (speech_probs @ self.speech_map).clamp_min(1e-6).log()
-        w = self.fusion_weight
-        fused = torch.log_softmax(w[0] * log_text + w[1] * log_speech + self.fusion_bias, dim=-1)
+        log_speech = self._expert(hs, self.speech_b2, self.speech_w2, self.speech_map).log()
+        w_text, w_speech = self.fusion_weight
+        fused = w_text * log_text + (w_speech * log_speech + self.fusion_bias)
+        probs = torch.softmax(fused, dim=-1)
+        if has_speech is None:
+            return probs, fused
         on = has_speech.unsqueeze(-1)
-        return torch.where(on, fused, log_text), torch.where(on, fused, decision)
+        return (
+            torch.where(on, probs, text / text.sum(dim=1, keepdim=True)),
+            torch.where(on, fused, log_text + self.text_offsets),
+        )
 
 
 # ---------------------------------------------------------------------------- inference
@@ -898,29 +934,34 @@ class Understanding:
 
     def _lexical(
         self, texts: Sequence[str] | None, n: int
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if texts is None:
-            return None, None
-        if len(texts) != n:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if texts is not None and len(texts) != n:
             raise ValueError(f"{len(texts)} texts for {n} messages")
         return self.serving.lexical_logits(texts)
 
     def _rows(
         self, vecs: Sequence[Vector | None] | None, n: int, dim: int, name: str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = np.zeros((n, dim), dtype=np.float32)
-        present = np.zeros(n, dtype=np.bool_)
-        if vecs is not None:
-            if len(vecs) != n:
-                raise ValueError(f"{len(vecs)} {name} vectors for {n} messages")
-            for i, v in enumerate(vecs):
-                if v is None:
-                    continue
-                arr = np.asarray(v, dtype=np.float32).reshape(-1)
-                if arr.shape[0] != dim:
-                    raise ValueError(f"{name} vector has {arr.shape[0]} values, expected {dim}")
-                out[i], present[i] = arr, True
-        return torch.from_numpy(out).to(self.device), torch.from_numpy(present).to(self.device)
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The messages' vectors [n, dim] (zeros where a message has none) and which messages
+        have one [n]: (None, None) when none does, presence None when all do."""
+        if vecs is None:
+            return None, None
+        if len(vecs) != n:
+            raise ValueError(f"{len(vecs)} {name} vectors for {n} messages")
+        present = [v is not None for v in vecs]
+        count = sum(present)
+        if not count:
+            return None, None
+        out = np.empty((n, dim), np.float32) if count == n else np.zeros((n, dim), np.float32)
+        for i, v in enumerate(vecs):
+            if v is not None:
+                row = np.asarray(v, dtype=np.float32).reshape(-1)
+                if row.shape[0] != dim:
+                    raise ValueError(f"{name} vector has {row.shape[0]} values, expected {dim}")
+                out[i] = row
+        if count == n:
+            return _tensor(out, self.device), None
+        return _tensor(out, self.device), _tensor(np.array(present), self.device)
 
     @torch.inference_mode()
     def intent_probs(
@@ -957,40 +998,27 @@ class Understanding:
         n = text_np.shape[0]
         if n == 0:
             return []
-        text = torch.from_numpy(text_np).to(self.device)
         profile, has_profile = self._rows(profile_vecs, n, self.profile_dim, "profile")
         speech, has_speech = self._rows(speech_vecs, n, self.speech_dim, "speech")
-        hidden = self.serving.hidden(text)
+        hidden = self.serving.hidden(_tensor(text_np, self.device))
         intent_lexical, emotion_lexical = self._lexical(texts, n)
-        with_profile = (
-            sum(v is not None for v in profile_vecs)
-            if profile_vecs is not None and self.use_profile
-            else 0
-        )
-        probs = self.serving.intent_probs(
-            hidden,
-            profile if with_profile else None,
-            None if with_profile == n else has_profile,
-            intent_lexical,
-        )  # [B, 78]
-        log_emotion, decision = self.serving.emotion_scores(
-            hidden, speech, has_speech, emotion_lexical
-        )
-        emotion = log_emotion.exp()
-        scores = emotion / emotion.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        if not self.use_profile:
+            profile = has_profile = None
+        probs = self.serving.intent_probs(hidden, profile, has_profile, intent_lexical)  # [B, 78]
+        scores, decision = self.serving.emotion_probs(hidden, speech, has_speech, emotion_lexical)
         top_p, top = probs[:, :-1].topk(2, dim=1)
-        oos_wins = probs.argmax(dim=1) == probs.shape[1] - 1
         # Python lists from here: per-element tensor access costs more than the heads.
         results = []
-        for row, p, oos_best, label, score in zip(
+        for row, p, oos, label, score in zip(
             top.tolist(),
             top_p.tolist(),
-            oos_wins.tolist(),
+            probs[:, -1].tolist(),
             decision.argmax(dim=1).tolist(),
             scores.tolist(),
             strict=True,
         ):
-            out = oos_best or p[0] < self.oos_threshold
+            # Out of scope wins the argmax only when it beats the best intent outright.
+            out = oos > p[0] or p[0] < self.oos_threshold
             results.append(
                 UnderstandingResult(
                     intent=OUT_OF_SCOPE if out else self.intents[row[0]],

@@ -93,8 +93,11 @@ async def test_a_spoken_turn_hands_its_voice_features_to_the_emotion_head(models
     typed, spoken = models._read_batch(
         [TurnInput(text, None, [], now), TurnInput(text, None, [], now, voice=voice)]
     )
-    vector = spoken.text_vector[None, :]
-    expected = models.understanding.predict_many(vector, [None], [voice], [text])[0]
+    # The same batch straight to the heads (a lone message takes another GEMM).
+    vectors = np.stack([typed.text_vector, spoken.text_vector])
+    expected = models.understanding.predict_many(
+        vectors, [None, None], [None, voice], [text, text]
+    )[1]
     assert spoken.understanding.emotion_scores == pytest.approx(expected.emotion_scores)
     assert spoken.understanding.emotion_scores != typed.understanding.emotion_scores
     assert np.allclose(spoken.fused.z, typed.fused.z, atol=1e-5)  # no speech for fusion

@@ -360,3 +360,66 @@ def test_the_intent_lexical_branch_is_served_as_the_module_computes_it(
     )
     for a, b in zip(cued, alone, strict=True):
         assert list(a.emotion_scores.values()) == pytest.approx(list(b.emotion_scores.values()))
+
+
+def test_a_lone_message_gets_what_it_gets_in_a_batch() -> None:
+    # A lone row takes float32 `addmm`s, a batch fbgemm's float16 GEMMs: the same weights.
+    made = _understanding(buckets=64, intent_buckets=64)
+    for model in (made.intent_model, made.emotion_model):
+        model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    artifact = IntentArtifact(made.intent_model, INTENTS, made.temperature, 0.2, None)
+    heads = Understanding(artifact, made.emotion_model, torch.device("cpu"))
+    text = _unit(3, 384, 16)
+    profiles = [_unit(1, 128, 17)[0], None, _unit(1, 128, 18)[0]]
+    speech = [None, _unit(1, 136, 19)[0], _unit(1, 136, 20)[0]]
+    batch = heads.predict_many(text, profiles, speech, MESSAGES)
+    for i, together in enumerate(batch):
+        (alone,) = heads.predict_many(text[i : i + 1], [profiles[i]], [speech[i]], [MESSAGES[i]])
+        assert (alone.intent, alone.emotion) == (together.intent, together.emotion)
+        assert alone.intent_confidence == pytest.approx(together.intent_confidence, abs=1e-5)
+        assert [q for _, q in alone.top2] == pytest.approx([q for _, q in together.top2], abs=1e-5)
+        assert list(alone.emotion_scores.values()) == pytest.approx(
+            list(together.emotion_scores.values()), abs=1e-5
+        )
+
+
+def test_the_film_logit_bias_is_served_as_the_module_computes_it() -> None:
+    torch.manual_seed(2)
+    intent = IntentModel(EnsembleConfig(members=2, hidden=32), FiLMConfig(target=32, classes=78))
+    _nonzero_film(intent)
+    intent.load_state_dict({k: v.half().float() for k, v in intent.state_dict().items()})
+    emotion = _understanding().emotion_model
+    heads = Understanding(
+        IntentArtifact(intent.eval(), INTENTS, 1.7, 0.2, None), emotion, torch.device("cpu")
+    )
+    t, profile = torch.from_numpy(_unit(3, 384, 21)), torch.from_numpy(_unit(3, 128, 22))
+    for present in ([True] * 3, [False, True, True]):
+        on = torch.tensor(present)
+        expected = torch.softmax(heads.intent_model(t, profile, on) / 1.7, dim=-1).mean(dim=0)
+        assert torch.allclose(heads.intent_probs(t, profile, on), expected, atol=1e-5)
+    # The generator's logit bias is large enough to matter at this tolerance.
+    assert heads.intent_model.film(profile, torch.ones(3, dtype=torch.bool))[2].abs().mean() > 0.1
+
+
+def test_the_served_emotion_decision_keeps_the_text_offsets() -> None:
+    heads = _understanding()
+    offsets = torch.tensor([0.0, -2.0, 1.5, 0.0, 3.0, -1.0, 0.5])
+    heads.emotion_model.get_buffer("text_offsets").copy_(offsets)
+    heads = Understanding(
+        IntentArtifact(heads.intent_model, INTENTS, heads.temperature, 0.2, None),
+        heads.emotion_model,
+        torch.device("cpu"),
+    )
+    text = _unit(6, 384, 23)
+    speech = torch.from_numpy(_unit(6, 136, 24))
+    for has in ([False] * 6, [True, False, True, False, False, True]):
+        has_speech = torch.tensor(has)
+        log_p, decision = heads.emotion_model(torch.from_numpy(text), speech, has_speech)
+        results = heads.predict_many(
+            text, None, [s if on else None for s, on in zip(speech.numpy(), has, strict=True)]
+        )
+        labels = [SERVICE_EMOTIONS.index(r.emotion) for r in results]
+        assert labels == decision.argmax(-1).tolist()
+        assert labels != log_p.argmax(-1).tolist()
+        for r, row in zip(results, log_p.exp().tolist(), strict=True):
+            assert list(r.emotion_scores.values()) == pytest.approx(row, abs=1e-5)
