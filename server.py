@@ -29,7 +29,6 @@ from dataclasses import replace
 from http import HTTPStatus
 from typing import Protocol
 
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -54,6 +53,7 @@ from assistant import (
     migrate_database,
     refuse_database,
     revoke_operator,
+    single_threaded_blas,
     static_asset,
     train,
 )
@@ -321,10 +321,7 @@ async def _serve_forever(settings: Settings) -> None:
         # after; with the default 5 ms switch interval a thread running Python (the event
         # loop, the store) keeps them waiting that long. Measured in docs/performance.md.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        # numpy's BLAS would split the event loop's small products (retrieval's similarities)
-        # over a second thread, which then waits for a core the models hold, and the loop
-        # with it: one thread, for the process's life.
-        threadpool_limits(limits=1, user_api="blas")
+        single_threaded_blas()
         print(f"listening on {srv.url}", flush=True)
         log.info("ready on %s (models on %s)", srv.url, srv.runtime.models.device)
         await stop.wait()

@@ -15,7 +15,14 @@ from assistant.protocol import MAX_FRAME_BYTES, ErrorCode, parse_client_frame
 from assistant.rate_limits import RateLimiter, RateLimits
 from assistant.redaction import redact
 from assistant.refusion import RefuseReport
-from assistant.runtime import Models, Runtime, load_models, migrate_database, refuse_database
+from assistant.runtime import (
+    Models,
+    Runtime,
+    load_models,
+    migrate_database,
+    refuse_database,
+    single_threaded_blas,
+)
 from assistant.speech_out import (
     EspeakTts,
     Synthesis,
@@ -75,6 +82,7 @@ __all__ = [
     "refuse_database",
     "revoke_operator",
     "select_tts",
+    "single_threaded_blas",
     "static_asset",
     "train",
     "verify_token",

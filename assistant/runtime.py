@@ -9,6 +9,8 @@ import socket
 import uuid
 from dataclasses import replace
 
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
+
 from assistant.auth_throttle import AuthThrottle
 from assistant.chat import ChatConfig, ChatService
 from assistant.chat_models import TextGenerator
@@ -30,6 +32,13 @@ log = logging.getLogger(__name__)
 
 
 Models = FusionRuntime
+
+
+def single_threaded_blas() -> None:
+    """numpy's BLAS on one thread for the rest of the process. It would split the event
+    loop's small products (retrieval's similarities) over a second thread, which then waits
+    for a core the model workers hold, and the loop with it. torch's threads are its own."""
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def migrate_database(url: str) -> None:
