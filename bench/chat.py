@@ -20,7 +20,9 @@ One command measures, in one run, each figure next to the physical limit it is j
    each size that window produced, weighted by how often it occurred: the pure model
    throughput at the same batch sizes, the faster of one batch at a time on every core and
    two batches at once on one core each (what the server runs on a CPU). Target: server >=
-   0.8x model.
+   0.8x model. Also printed: the server's CPU per message, split by its own counters into
+   its model workers, its store thread, its event loop and the rest, next to the model's
+   CPU alone.
 3. **Connections.** A fresh server: its resident memory (RSS) once ready, then after
    `--connections` idle connections that each said hello. Target: <= 150 MB for 2,000.
 4. **Startup.** Seconds from spawning the server (database already migrated) to `/readyz`
