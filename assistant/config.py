@@ -68,6 +68,9 @@ class Settings:
     # How long a dropped chat session stays resumable with its replay buffer.
     resume_ttl_s: float = 300.0
     replay_frames: int = 2000
+    # Files the server may recompute, kept between starts (the knowledge base's embeddings);
+    # None: none kept.
+    cache_dir: str | None = "var/cache"
     batch_size: int = 32
     batch_wait_ms: float = 0.0
     batch_queue: int = 1024
@@ -189,6 +192,12 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"ASSISTANT_RATE_*: {exc}") from None
 
+        def cache_dir() -> str | None:
+            raw = get("CACHE_DIR")
+            if raw is None:
+                return defaults.cache_dir
+            return None if raw.lower() == "none" else raw
+
         defaults = cls()
         origins = tuple(o.strip() for o in (get("ALLOWED_ORIGINS") or "").split(",") if o.strip())
         return cls(
@@ -208,6 +217,7 @@ class Settings:
             log_format=choice("LOG_FORMAT", "auto", ("auto", "json", "text")),  # type: ignore[arg-type]
             resume_ttl_s=number("RESUME_TTL_S", defaults.resume_ttl_s, float),
             replay_frames=int(number("REPLAY_FRAMES", defaults.replay_frames, int)),
+            cache_dir=cache_dir(),
             batch_size=int(number("BATCH_SIZE", defaults.batch_size, int)),
             batch_wait_ms=number("BATCH_WAIT_MS", defaults.batch_wait_ms, float),
             batch_queue=int(number("BATCH_QUEUE", defaults.batch_queue, int)),

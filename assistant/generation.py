@@ -41,7 +41,13 @@ from assistant.profile_summary import ProfileSummary
 from assistant.prompting import ChainInput, ConversationTurn, build_reply_chain
 from assistant.redaction import redact
 from assistant.replies import sentence_chunks
-from assistant.retrieval import Embed, KnowledgeRetriever, Passage, build_retriever
+from assistant.retrieval import (
+    Embed,
+    EmbeddingCache,
+    KnowledgeRetriever,
+    Passage,
+    build_retriever,
+)
 from assistant.understanding import Understanding
 
 log = logging.getLogger(__name__)
@@ -163,11 +169,13 @@ class ResponseGenerator:
         kb: KnowledgeBase | None = None,
         retriever: KnowledgeRetriever | None = None,
         local_loader: LocalLoader | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> ResponseGenerator:
-        """Load the knowledge base, embed it (blocking, a few seconds on a CPU) and build
-        the configured chat model; pass `kb` and `retriever` to reuse loaded ones."""
+        """Load the knowledge base, embed it (blocking, a few seconds on a CPU, unless
+        `cache` has its vectors) and build the configured chat model; pass `kb` and
+        `retriever` to reuse loaded ones."""
         kb = kb or load_knowledge_base()
-        retriever = retriever or build_retriever(kb, embed, k=config.passages)
+        retriever = retriever or build_retriever(kb, embed, k=config.passages, cache=cache)
         model = build_chat_model(config, local_loader=local_loader)
         return cls(kb, retriever, config=config, chat_model=model)
 

@@ -17,8 +17,13 @@ the ranking to the text; small talk, which no intent model predicts, is found by
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +69,56 @@ def embed_in_batches(embed: Embed, texts: Sequence[str], batch_size: int = 32) -
     return out
 
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingCache:
+    """Knowledge-base embeddings kept on disk between starts, keyed by the texts and by
+    `encoder`, which names everything else the vectors depend on (`TextEncoder.fingerprint`).
+
+    Embedding the knowledge base is a few seconds of every start on a CPU, for texts and an
+    encoder that rarely change from one start to the next. A file that cannot be read, or
+    holds anything but the expected float32 rows, is recomputed; one that cannot be written
+    costs the next start the embedding, nothing else.
+    """
+
+    directory: Path
+    encoder: str
+
+    def path(self, texts: Sequence[str]) -> Path:
+        digest = hashlib.sha256(self.encoder.encode())
+        for text in texts:
+            digest.update(b"\0" + text.encode())
+        return self.directory / f"knowledge-{digest.hexdigest()[:32]}.npy"
+
+    def load(self, texts: Sequence[str]) -> Matrix | None:
+        try:
+            vectors = np.load(self.path(texts), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if (
+            vectors.dtype != np.float32
+            or vectors.ndim != 2
+            or vectors.shape[0] != len(texts)
+            or not np.isfinite(vectors).all()
+        ):
+            return None
+        out: Matrix = vectors
+        return out
+
+    def store(self, texts: Sequence[str], vectors: Matrix) -> None:
+        target = self.path(texts)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            # Written aside and renamed: a start never reads a half-written file.
+            with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".tmp", delete=False) as f:
+                np.save(f, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+            os.replace(f.name, target)
+        except OSError as exc:
+            log.warning("knowledge-base embeddings not cached in %s: %s", self.directory, exc)
+
+
 @dataclass(frozen=True, slots=True)
 class KnowledgeIndex:
     """Row vectors [R, D] of the knowledge base, each entry's rows together, in entry order;
@@ -74,13 +129,20 @@ class KnowledgeIndex:
     starts: npt.NDArray[np.intp]
 
     @classmethod
-    def build(cls, kb: KnowledgeBase, embed: Embed) -> KnowledgeIndex:
+    def build(
+        cls, kb: KnowledgeBase, embed: Embed, cache: EmbeddingCache | None = None
+    ) -> KnowledgeIndex:
+        """Embed the knowledge base, or read its vectors from `cache` when it has them."""
         texts: list[str] = []
         starts: list[int] = []
         for entry in kb:
             starts.append(len(texts))
             texts.extend(entry.retrieval_texts())
-        vectors = embed_in_batches(embed, texts)
+        vectors = None if cache is None else cache.load(texts)
+        if vectors is None:
+            vectors = embed_in_batches(embed, texts)
+            if cache is not None:
+                cache.store(texts, vectors)
         return cls(kb, _normalised(vectors), np.asarray(starts, dtype=np.intp))
 
     @property
@@ -213,8 +275,13 @@ def build_retriever(
     *,
     k: int = DEFAULT_K,
     intent_weight: float = DEFAULT_INTENT_WEIGHT,
+    cache: EmbeddingCache | None = None,
 ) -> KnowledgeRetriever:
-    """Embed the knowledge base (blocking: a few hundred sentences) and wrap it as a retriever."""
+    """Embed the knowledge base (blocking: a few hundred sentences; none with a `cache` that
+    has them) and wrap it as a retriever."""
     return KnowledgeRetriever(
-        index=KnowledgeIndex.build(kb, embed), embed=embed, k=k, intent_weight=intent_weight
+        index=KnowledgeIndex.build(kb, embed, cache),
+        embed=embed,
+        k=k,
+        intent_weight=intent_weight,
     )

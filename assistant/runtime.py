@@ -8,6 +8,7 @@ import os
 import socket
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
@@ -21,6 +22,7 @@ from assistant.metrics import Metrics
 from assistant.operators import OperatorService
 from assistant.rate_limits import RateLimiter
 from assistant.refusion import RefuseReport, refuse_all
+from assistant.retrieval import EmbeddingCache
 from assistant.voice import VoiceConfig, VoiceService
 from assistant.voice_models import VoiceModels, VoiceModelsConfig
 from fusion import BatcherConfig, FusionConfig, FusionRuntime
@@ -84,10 +86,16 @@ def _load_local_model(path: str) -> TextGenerator:
 def build_generator(settings: Settings, models: Models) -> ResponseGenerator:
     """The reply generator: knowledge base embedded with the text encoder (blocking)."""
     config = settings.generation
+    encoder = models.text_encoder
     return ResponseGenerator.from_config(
         config,
-        models.text_encoder.encode,
+        encoder.encode,
         local_loader=_load_local_model if config.llm == "transformers" else None,
+        cache=(
+            EmbeddingCache(Path(settings.cache_dir), encoder.fingerprint)
+            if settings.cache_dir is not None
+            else None
+        ),
     )
 
 

@@ -27,7 +27,9 @@ One command measures, in one run, each figure next to the physical limit it is j
    `--connections` idle connections that each said hello. Target: <= 150 MB for 2,000.
 4. **Startup.** Seconds from spawning the server (database already migrated) to `/readyz`
    answering 200, for each server started. Target: <= 15 s. `server.py migrate` is timed
-   apart.
+   apart. The knowledge base's embeddings are kept in the server's cache folder
+   (`ASSISTANT_CACHE_DIR`, var/cache) by the run's first server at the latest, so the timed
+   starts read them, as any restart does; a first start ever also embeds them.
 
 The server runs as `python server.py` in its own process with a fresh, migrated SQLite
 database (the default configuration) in a temporary directory; the clients are websockets

@@ -36,6 +36,17 @@ class TextEncoder:
         self.config = config or TextEncoderConfig()
         path = self.config.model_path or shipped_model_path()
         self.device = device
+        # What the embeddings depend on besides the texts, for caches of them: the model's
+        # files (a package's files change with its version), the token limit, the device
+        # type (a GPU computes in half precision).
+        files = sorted(
+            f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+            for f in path.iterdir()
+            if f.is_file()
+        )
+        self.fingerprint = "|".join(
+            [str(path.resolve()), *files, f"max_tokens={self.config.max_tokens}", device.type]
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
 

@@ -12,12 +12,14 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from langchain_core.documents import Document
 
+from assistant.config import Settings
 from assistant.knowledge_base import (
     BANKING77_INTENTS,
     CONVERSATION_INTENTS,
@@ -29,6 +31,8 @@ from assistant.knowledge_base import (
 )
 from assistant.retrieval import (
     Embed,
+    EmbeddingCache,
+    KnowledgeIndex,
     KnowledgeRetriever,
     build_retriever,
     embed_in_batches,
@@ -206,3 +210,48 @@ def test_an_entrys_similarity_is_its_best_rows() -> None:
         assert kb.position_for_intent(entry.intent) == position
     assert kb.position_for_intent("oos") == kb.entries.index(kb.for_intent("out_of_scope"))
     assert kb.position_for_intent("no_such_intent") is None
+
+
+def test_the_embeddings_are_cached_between_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kb = shared_kb()
+    calls: list[int] = []
+
+    def counting(texts: Sequence[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return shared_embed()(texts)
+
+    def unused(texts: Sequence[str]) -> np.ndarray:
+        raise AssertionError("embedded although the cache holds the vectors")
+
+    cache = EmbeddingCache(tmp_path / "cache", "encoder-a")
+    first = KnowledgeIndex.build(kb, counting, cache)
+    assert sum(calls) == sum(len(e.retrieval_texts()) for e in kb)
+    (stored,) = (tmp_path / "cache").glob("knowledge-*.npy")
+    again = KnowledgeIndex.build(kb, unused, cache)
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+    np.testing.assert_array_equal(again.starts, first.starts)
+    # Another encoder, or other texts, is another file.
+    calls.clear()
+    KnowledgeIndex.build(kb, counting, EmbeddingCache(tmp_path / "cache", "encoder-b"))
+    assert calls and len(list((tmp_path / "cache").glob("knowledge-*.npy"))) == 2
+    # A damaged file is recomputed and replaced.
+    stored.write_bytes(b"not an array")
+    calls.clear()
+    KnowledgeIndex.build(kb, counting, cache)
+    assert calls
+    np.testing.assert_array_equal(KnowledgeIndex.build(kb, unused, cache).vectors, first.vectors)
+    # A folder that cannot be written costs the embedding, with a warning; nothing fails.
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with caplog.at_level("WARNING"):
+        index = KnowledgeIndex.build(kb, counting, EmbeddingCache(blocked / "cache", "encoder-a"))
+    np.testing.assert_array_equal(index.vectors, first.vectors)
+    assert "not cached" in caplog.text
+
+
+def test_the_cache_folder_setting() -> None:
+    assert Settings.from_env({}).cache_dir == "var/cache"
+    assert Settings.from_env({"ASSISTANT_CACHE_DIR": "/srv/cache"}).cache_dir == "/srv/cache"
+    assert Settings.from_env({"ASSISTANT_CACHE_DIR": "none"}).cache_dir is None
