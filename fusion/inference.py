@@ -28,6 +28,7 @@ from fusion.behaviour import (
     featurize_events,
 )
 from fusion.model import MODALITIES, FusionModel, FusionModelConfig
+from fusion.vectors import stack_rows
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "fusion.pt"
 WEIGHTS_FORMAT = 1
@@ -142,14 +143,7 @@ class FusionInference:
         return result.z, result.contributions
 
     def _column(self, vecs: Sequence[Vector | None], dim: int, name: str) -> torch.Tensor:
-        out = np.zeros((len(vecs), dim), dtype=np.float32)
-        for i, v in enumerate(vecs):
-            if v is not None:
-                arr = np.asarray(v, dtype=np.float32).reshape(-1)
-                if arr.shape[0] != dim:
-                    raise ValueError(f"{name} vector has {arr.shape[0]} values, expected {dim}")
-                out[i] = arr
-        return torch.as_tensor(out, device=self.device)
+        return torch.as_tensor(stack_rows(vecs, dim, name), device=self.device)
 
     @torch.inference_mode()
     def fuse_many(self, requests: Sequence[FuseRequest]) -> list[FuseResult]:

@@ -34,6 +34,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from fusion.vectors import stack_rows
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 INTENT_WEIGHTS = WEIGHTS_DIR / "intent.pt"
 EMOTION_WEIGHTS = WEIGHTS_DIR / "emotion.pt"
@@ -952,13 +954,7 @@ class Understanding:
         count = sum(present)
         if not count:
             return None, None
-        out = np.empty((n, dim), np.float32) if count == n else np.zeros((n, dim), np.float32)
-        for i, v in enumerate(vecs):
-            if v is not None:
-                row = np.asarray(v, dtype=np.float32).reshape(-1)
-                if row.shape[0] != dim:
-                    raise ValueError(f"{name} vector has {row.shape[0]} values, expected {dim}")
-                out[i] = row
+        out = stack_rows(vecs, dim, name)
         if count == n:
             return _tensor(out, self.device), None
         return _tensor(out, self.device), _tensor(np.array(present), self.device)
