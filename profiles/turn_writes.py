@@ -144,6 +144,8 @@ def write_profiles(
         for row in session.execute(query, {"b_user_ids": users})
     }
     current: dict[str, ProfileRecord] = dict(stored)
+    # Each profile's vector as its column holds it, converted once for row and snapshot.
+    blobs: dict[str, bytes] = {}
     snapshots: list[dict[str, Any]] = []
     saved_profiles: list[ProfileRecord | None] = []
     for write in writes:
@@ -152,10 +154,11 @@ def write_profiles(
             saved_profiles.append(None)
             continue
         if update is not None:
+            blobs[write.user_id] = to_bytes(saved.vector)
             snapshots.append(
                 {
                     "user_id": write.user_id,
-                    "vector": to_bytes(saved.vector),
+                    "vector": blobs[write.user_id],
                     "model_version": saved.model_version,
                     "reason": update.reason,
                     "turn_id": write.turn_id,
@@ -166,12 +169,12 @@ def write_profiles(
         current[write.user_id] = saved
         saved_profiles.append(saved)
     inserts = [
-        {"user_id": user, "emotion_state": None, **_columns(p)}
+        {"user_id": user, "emotion_state": None, **_columns(p, blobs.get(user))}
         for user, p in current.items()
         if user not in stored
     ]
     updates = [
-        {"b_user_id": user, **_columns(p)}
+        {"b_user_id": user, **_columns(p, blobs.get(user))}
         for user, p in current.items()
         if user in stored and p is not stored[user]
     ]
@@ -210,10 +213,10 @@ def _after(
     return saved, update
 
 
-def _columns(profile: ProfileRecord) -> dict[str, Any]:
-    """The profile row's columns that a write sets."""
+def _columns(profile: ProfileRecord, blob: bytes | None) -> dict[str, Any]:
+    """The profile row's columns that a write sets; `blob`: its vector's bytes, if at hand."""
     return {
-        "vector": to_bytes(profile.vector),
+        "vector": to_bytes(profile.vector) if blob is None else blob,
         "dim": int(profile.vector.shape[0]),
         "model_version": profile.model_version,
         "turn_count": profile.turn_count,
