@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,9 @@ import torch
 from torch import nn
 
 from fusion.vectors import stack_rows
+
+if TYPE_CHECKING:
+    from fusion.heads_graph import GraphHeads
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 INTENT_WEIGHTS = WEIGHTS_DIR / "intent.pt"
@@ -609,38 +612,15 @@ def load_emotion(path: Path = EMOTION_WEIGHTS) -> tuple[EmotionModel, dict[str, 
 # ---------------------------------------------------------------------------- serving path
 
 
-def packed_gemm_available(device: torch.device) -> bool:
-    """fbgemm's float16-weight GEMM (fp32 arithmetic): x86 CPUs only."""
-    return device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
-
-
 class _Gemm:
-    """x [B, in] -> x @ weight.T + bias [B, out].
+    """x [B, in] -> x @ weight.T + bias [B, out], the weight stored [in, out] (float32)."""
 
-    A lone row is a float32 `addmm` over the weight stored [in, out]: right after a MiniLM
-    forward has evicted the weight, that beats fbgemm's float16 GEMM even on twice the bytes
-    (cold, 1,536 x 128: 0.08 against 0.20 ms; 768 x 392: 0.12 against 0.21; 4,608 x 384:
-    0.39 against 0.41), and beats `linear` over the weight stored [out, in] (0.70 ms for the
-    largest). Batches, where arithmetic counts, use the float16 weights packed for fbgemm
-    where `packed` and available (checkpoints store float16: both forms hold the same
-    values)."""
-
-    def __init__(
-        self, weight: torch.Tensor, bias: torch.Tensor, device: torch.device, packed: bool = True
-    ) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, device: torch.device) -> None:
         w = weight.detach().float()  # [out, in]
-        b = bias.detach().float().contiguous()
-        self.packed = (
-            torch.ops.quantized.linear_prepack_fp16(w.contiguous(), b)
-            if packed and packed_gemm_available(device)
-            else None
-        )
-        self.weight_t, self.bias = w.t().contiguous().to(device), b.to(device)
+        self.weight_t = w.t().contiguous().to(device)
+        self.bias = bias.detach().float().contiguous().to(device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and x.shape[0] > 1:
-            out: torch.Tensor = torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
-            return out
         return torch.addmm(self.bias, x, self.weight_t)
 
 
@@ -664,13 +644,10 @@ def _stacked_map(mapping: torch.Tensor, members: int) -> torch.Tensor:
 
 class ServingHeads:
     """What `IntentModel` (with its temperature) and `EmotionModel` compute, in about a third
-    of the operations, for the server's common case of one message at a time.
-
-    At batch 1 the heads do little arithmetic: after a MiniLM forward has evicted them from the
-    caches, the time goes to reading weights and to per-operation overhead. So every first
-    layer that reads the text vector (intent and emotion members alike) is one GEMM,
-    constants are folded in at load time, and no module is called. Tests hold the outputs to
-    the modules'.
+    of the operations: every first layer that reads the text vector (intent and emotion
+    members alike) is one GEMM, constants are folded in at load time, and no module is
+    called. It serves on a GPU; on a CPU, `fusion.heads_graph.GraphHeads` runs the same
+    folded constants as ONNX Runtime graphs. Tests hold both to the modules.
     """
 
     def __init__(
@@ -700,9 +677,7 @@ class ServingHeads:
         self.device = device
         # Temperatures folded into the last layers (logits / T in one matmul), and into the
         # last biases, which `lexical_logits` returns with the lexical cues. The intent's
-        # last layer is stored [M, C, H] and its logits computed [M, C, B]: at batch 1 that
-        # makes each member's product a matrix-vector one, which reads the cold weights
-        # faster than a vector-matrix one.
+        # last layer is stored [M, C, H] and its logits computed [M, C, B].
         self.intent_w2 = (trunk.w2.detach() / temperature).transpose(1, 2).contiguous()
         biases = [trunk.b2.detach().reshape(-1) / temperature]
         bags = [(intent.lexicon, 1.0 / temperature)]
@@ -715,7 +690,7 @@ class ServingHeads:
         last_bias = linears[1].bias.detach().clone()
         last_bias[:width] += 1.0
         self.temperature = temperature
-        self.film1 = _Gemm(linears[0].weight, linears[0].bias, device, packed=False)
+        self.film1 = _Gemm(linears[0].weight, linears[0].bias, device)
         self.film2 = _Gemm(linears[1].weight, last_bias, device)
         self.film_identity = torch.zeros_like(last_bias)
         self.film_identity[:width] = 1.0
@@ -877,6 +852,13 @@ class ServingHeads:
 
 
 @dataclass(frozen=True, slots=True)
+class HeadOutputs:
+    intent: Vector  # [B, 78] calibrated probabilities, the member average
+    emotion: Vector | None  # [B, 7] calibrated probabilities; None without an emotion head
+    decision: Vector | None  # [B, 7] decision scores (argmax = the label)
+
+
+@dataclass(frozen=True, slots=True)
 class UnderstandingResult:
     intent: str  # a Banking77 intent or OUT_OF_SCOPE
     intent_confidence: float  # calibrated probability of `intent`
@@ -890,7 +872,11 @@ class UnderstandingResult:
 
 
 class Understanding:
-    """Both heads in eval mode on one device; thread-compatible (no state per call)."""
+    """Both heads in eval mode on one device; thread-compatible (no state per call).
+
+    On a CPU the heads run as ONNX Runtime graphs (`fusion.heads_graph`) unless `graph` is
+    off, the intent's largest layers in 8 bits unless `quantize` is off; elsewhere, or
+    without `graph`, through `ServingHeads`."""
 
     def __init__(
         self,
@@ -898,6 +884,9 @@ class Understanding:
         emotion: EmotionModel,
         device: torch.device,
         profile_space: str | None = None,
+        *,
+        graph: bool = True,
+        quantize: bool = True,
     ) -> None:
         self.device = device
         self.intent_model = intent.model.to(device).eval()
@@ -905,6 +894,12 @@ class Understanding:
         self.serving = ServingHeads(
             self.intent_model, intent.temperature, self.emotion_model, device
         )
+        self.graph: GraphHeads | None = None
+        if graph and device.type == "cpu":
+            # Imported here: onnx and ONNX Runtime load only where they serve.
+            from fusion.heads_graph import GraphHeads
+
+            self.graph = GraphHeads(self.serving, quantize=quantize)
         self.intents = intent.intents
         self.temperature = intent.temperature
         self.oos_threshold = intent.oos_threshold
@@ -934,16 +929,9 @@ class Understanding:
         emotion, _ = load_emotion(emotion_path)
         return cls(load_intent(intent_path), emotion, device or torch.device("cpu"), space)
 
-    def _lexical(
-        self, texts: Sequence[str] | None, n: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if texts is not None and len(texts) != n:
-            raise ValueError(f"{len(texts)} texts for {n} messages")
-        return self.serving.lexical_logits(texts)
-
     def _rows(
         self, vecs: Sequence[Vector | None] | None, n: int, dim: int, name: str
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[Vector | None, npt.NDArray[np.bool_] | None]:
         """The messages' vectors [n, dim] (zeros where a message has none) and which messages
         have one [n]: (None, None) when none does, presence None when all do."""
         if vecs is None:
@@ -955,28 +943,54 @@ class Understanding:
         if not count:
             return None, None
         out = stack_rows(vecs, dim, name)
-        if count == n:
-            return _tensor(out, self.device), None
-        return _tensor(out, self.device), _tensor(np.array(present), self.device)
+        return out, (None if count == n else np.array(present))
 
-    @torch.inference_mode()
+    def outputs(
+        self,
+        text: Vector,
+        profile: Vector | None,
+        has_profile: npt.NDArray[np.bool_] | None,
+        speech: Vector | None,
+        has_speech: npt.NDArray[np.bool_] | None,
+        texts: Sequence[str] | None,
+    ) -> HeadOutputs:
+        """Both heads on this device's path. `text` [B, D]; `profile` [B, P] or None when no
+        row has one, `has_profile` [B] or None when every row does; the same for `speech`."""
+        if not self.use_profile:
+            profile = has_profile = None
+        if self.graph is not None:
+            return self.graph.run(text, profile, has_profile, speech, has_speech, texts)
+        if texts is not None and len(texts) != text.shape[0]:
+            raise ValueError(f"{len(texts)} texts for {text.shape[0]} messages")
+
+        def tensor(a: npt.NDArray[Any] | None) -> torch.Tensor | None:
+            return None if a is None else _tensor(a, self.device)
+
+        with torch.inference_mode():
+            hidden = self.serving.hidden(_tensor(text, self.device))
+            intent_lexical, emotion_lexical = self.serving.lexical_logits(texts)
+            probs = self.serving.intent_probs(
+                hidden, tensor(profile), tensor(has_profile), intent_lexical
+            )
+            scores, decision = self.serving.emotion_probs(
+                hidden, tensor(speech), tensor(has_speech), emotion_lexical
+            )
+            return HeadOutputs(probs.cpu().numpy(), scores.cpu().numpy(), decision.cpu().numpy())
+
     def intent_probs(
         self,
-        text: torch.Tensor,
-        profile: torch.Tensor,
-        present: torch.Tensor,
+        text: Vector,
+        profile: Vector | None = None,
+        present: npt.NDArray[np.bool_] | None = None,
         texts: Sequence[str] | None = None,
-    ) -> torch.Tensor:
-        """[B, 78] calibrated probabilities (77 intents, then out-of-scope); `texts` as in
-        `predict_many`."""
-        hidden = self.serving.hidden(text)
-        lexical = self._lexical(texts, text.shape[0])[0]
-        if not self.use_profile or not bool(present.any()):
-            return self.serving.intent_probs(hidden, None, None, lexical)
-        on = None if present.all() else present
-        return self.serving.intent_probs(hidden, profile, on, lexical)
+    ) -> Vector:
+        """[B, 78] calibrated probabilities (77 intents, then out-of-scope), as served;
+        `present` [B] marks the rows whose profile counts (all of them when None);
+        `texts` as in `predict_many`."""
+        if profile is not None and present is not None and not present.any():
+            profile = present = None
+        return self.outputs(text, profile, present, None, None, texts).intent
 
-    @torch.inference_mode()
     def predict_many(
         self,
         text_vecs: npt.ArrayLike,
@@ -988,37 +1002,34 @@ class Understanding:
         vector [128] and voice features [392] (`fusion.voice_emotion`) or None; `texts`: the
         messages themselves, for the heads' lexical cues (without them each head reads the
         embedding alone, which is less accurate)."""
-        text_np = np.asarray(text_vecs, dtype=np.float32).reshape(
+        text = np.asarray(text_vecs, dtype=np.float32).reshape(
             -1, self.intent_model.trunk.config.in_dim
         )
-        n = text_np.shape[0]
+        n = text.shape[0]
         if n == 0:
             return []
         profile, has_profile = self._rows(profile_vecs, n, self.profile_dim, "profile")
         speech, has_speech = self._rows(speech_vecs, n, self.speech_dim, "speech")
-        hidden = self.serving.hidden(_tensor(text_np, self.device))
-        intent_lexical, emotion_lexical = self._lexical(texts, n)
-        if not self.use_profile:
-            profile = has_profile = None
-        probs = self.serving.intent_probs(hidden, profile, has_profile, intent_lexical)  # [B, 78]
-        scores, decision = self.serving.emotion_probs(hidden, speech, has_speech, emotion_lexical)
-        top_p, top = probs[:, :-1].topk(2, dim=1)
-        # Python lists from here: per-element tensor access costs more than the heads.
+        out = self.outputs(text, profile, has_profile, speech, has_speech, texts)
+        assert out.emotion is not None and out.decision is not None
+        in_scope = out.intent[:, :-1]
+        top = np.argsort(-in_scope, axis=1, kind="stable")[:, :2]
+        # Python lists from here: per-element array access costs more than the heads.
         results = []
         for row, p, oos, label, score in zip(
             top.tolist(),
-            top_p.tolist(),
-            probs[:, -1].tolist(),
-            decision.argmax(dim=1).tolist(),
-            scores.tolist(),
+            in_scope[np.arange(n)[:, None], top].tolist(),
+            out.intent[:, -1].tolist(),
+            out.decision.argmax(axis=1).tolist(),
+            out.emotion.tolist(),
             strict=True,
         ):
             # Out of scope wins the argmax only when it beats the best intent outright.
-            out = oos > p[0] or p[0] < self.oos_threshold
+            out_of_scope = oos > p[0] or p[0] < self.oos_threshold
             results.append(
                 UnderstandingResult(
-                    intent=OUT_OF_SCOPE if out else self.intents[row[0]],
-                    intent_confidence=1.0 - p[0] if out else p[0],
+                    intent=OUT_OF_SCOPE if out_of_scope else self.intents[row[0]],
+                    intent_confidence=1.0 - p[0] if out_of_scope else p[0],
                     top2=tuple((self.intents[i], q) for i, q in zip(row, p, strict=True)),
                     emotion=SERVICE_EMOTIONS[label],
                     emotion_scores=dict(zip(SERVICE_EMOTIONS, score, strict=True)),

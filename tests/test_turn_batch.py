@@ -93,7 +93,7 @@ async def test_a_spoken_turn_hands_its_voice_features_to_the_emotion_head(models
     typed, spoken = models._read_batch(
         [TurnInput(text, None, [], now), TurnInput(text, None, [], now, voice=voice)]
     )
-    # The same batch straight to the heads (a lone message takes another GEMM).
+    # The same batch straight to the heads.
     vectors = np.stack([typed.text_vector, spoken.text_vector])
     expected = models.understanding.predict_many(
         vectors, [None, None], [None, voice], [text, text]

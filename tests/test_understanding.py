@@ -12,6 +12,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from fusion import heads_graph
+from fusion.heads_graph import quantize_blocks
 from fusion.train_understanding import (
     FitConfig,
     fit_member,
@@ -61,7 +63,9 @@ def _nonzero_film(model: IntentModel) -> None:
             p.normal_(0.0, 0.5)
 
 
-def _understanding(seed: int = 0, buckets: int = 0, intent_buckets: int = 0) -> Understanding:
+def _understanding(
+    seed: int = 0, buckets: int = 0, intent_buckets: int = 0, **serving: bool
+) -> Understanding:
     torch.manual_seed(seed)
     intent = IntentModel(
         EnsembleConfig(members=2, hidden=32),
@@ -86,7 +90,13 @@ def _understanding(seed: int = 0, buckets: int = 0, intent_buckets: int = 0) -> 
         torch.from_numpy(mapping_matrix(RAVDESS, SERVICE_EMOTIONS, RAVDESS_TO_SERVICE))
     )
     artifact = IntentArtifact(intent.eval(), INTENTS, 1.3, 0.2, None)
-    return Understanding(artifact, emotion.eval(), torch.device("cpu"))
+    return Understanding(artifact, emotion.eval(), torch.device("cpu"), **serving)
+
+
+# The served paths on a CPU that compute what the modules compute, to 1e-5: the torch one
+# (`ServingHeads`, a GPU's) and the ONNX Runtime graphs in float32. The default graphs hold
+# the intent's largest layers in 8 bits (test_quantised_intent_layers_stay_close_to_the_module).
+EXACT = [pytest.param({"graph": False}, id="torch"), pytest.param({"quantize": False}, id="graph")]
 
 
 _GOEMOTIONS = tuple(GOEMOTIONS_TO_SERVICE)
@@ -140,10 +150,8 @@ def test_predictions_are_calibrated_distributions() -> None:
         assert 0.0 <= r.intent_confidence <= 1.0
         assert len(r.top2) == 2 and r.top2[0][1] >= r.top2[1][1]
         assert r.intent in INTENTS
-    probs = heads.intent_probs(
-        torch.from_numpy(text), torch.zeros(4, 128), torch.zeros(4, dtype=torch.bool)
-    )
-    assert torch.allclose(probs.sum(dim=-1), torch.ones(4), atol=1e-5)
+    probs = heads.intent_probs(text, np.zeros((4, 128), np.float32), np.zeros(4, np.bool_))
+    assert np.allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
 
 
 def test_empty_profile_through_the_wrapper_matches_no_profile_at_all() -> None:
@@ -301,21 +309,22 @@ def test_data_sets_load_with_the_expected_counts_and_labels() -> None:
     assert set(ekman.names) == set(GOEMOTIONS_TO_EKMAN.values())
 
 
-def test_the_serving_path_computes_what_the_modules_compute() -> None:
+@pytest.mark.parametrize("serving", EXACT)
+def test_the_serving_path_computes_what_the_modules_compute(serving: dict[str, bool]) -> None:
     made = _understanding()
     # Checkpoints hold float16 weights, which the serving path reads as they are.
     for model in (made.intent_model, made.emotion_model):
         model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
     artifact = IntentArtifact(made.intent_model, INTENTS, made.temperature, 0.2, None)
-    heads = Understanding(artifact, made.emotion_model, torch.device("cpu"))
+    heads = Understanding(artifact, made.emotion_model, torch.device("cpu"), **serving)
     text = _unit(4, 384, 11)
-    profile = torch.from_numpy(_unit(4, 128, 12))
+    profile = _unit(4, 128, 12)
     t = torch.from_numpy(text)
     for present in ([True] * 4, [True, False, True, False], [False] * 4):
-        on = torch.tensor(present)
-        logits = heads.intent_model(t, profile, on)
-        expected = torch.softmax(logits / heads.temperature, dim=-1).mean(dim=0)
-        assert torch.allclose(heads.intent_probs(t, profile, on), expected, atol=1e-5)
+        on = np.array(present)
+        logits = heads.intent_model(t, torch.from_numpy(profile), torch.from_numpy(on))
+        expected = torch.softmax(logits / heads.temperature, dim=-1).mean(dim=0).detach().numpy()
+        assert np.allclose(heads.intent_probs(text, profile, on), expected, atol=1e-5)
     speech = torch.from_numpy(_unit(4, 136, 13))
     has_speech = torch.tensor([True, False, True, True])
     log_p, decision = heads.emotion_model(t, speech, has_speech)
@@ -331,9 +340,43 @@ def test_the_serving_path_computes_what_the_modules_compute() -> None:
         assert r.emotion == SERVICE_EMOTIONS[label]
 
 
+def test_quantised_intent_layers_stay_close_to_the_module() -> None:
+    made = _understanding(intent_buckets=64)
+    for model in (made.intent_model, made.emotion_model):
+        model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    artifact = IntentArtifact(made.intent_model, INTENTS, made.temperature, 0.2, None)
+    heads = Understanding(artifact, made.emotion_model, torch.device("cpu"))
+    exact = Understanding(artifact, made.emotion_model, torch.device("cpu"), quantize=False)
+    text, profile = _unit(64, 384, 30), _unit(64, 128, 31)
+    on = np.arange(64) % 3 > 0
+    texts = [MESSAGES[i % 3] + f" #{i}" for i in range(64)]
+    served = heads.intent_probs(text, profile, on, texts)
+    reference = exact.intent_probs(text, profile, on, texts)
+    assert not np.array_equal(served, reference)
+    assert np.abs(served - reference).max() < 0.01
+    assert (served.argmax(axis=1) == reference.argmax(axis=1)).mean() >= 0.95
+    # The emotion heads keep float32 weights: the same outputs.
+    for a, b in zip(heads.predict_many(text), exact.predict_many(text), strict=True):
+        assert list(a.emotion_scores.values()) == pytest.approx(list(b.emotion_scores.values()))
+
+
+def test_blocks_quantise_to_the_nearest_step_of_their_scale() -> None:
+    weight = np.random.default_rng(0).standard_normal((6, 256)).astype(np.float32)
+    weight[2, :128] = 0.0  # an all-zero block keeps a usable scale
+    q, scales = quantize_blocks(weight, 128)
+    assert q.shape == (6, 2, 128) and q.dtype == np.uint8 and scales.shape == (12,)
+    restored = (q.astype(np.float32) - 128) * scales.reshape(6, 2, 1)
+    step = scales.repeat(128).reshape(6, 256)
+    assert np.all(np.abs(restored.reshape(6, 256) - weight) <= step / 2 + 1e-7)
+    assert np.allclose(scales.reshape(6, 2)[0], np.abs(weight[0].reshape(2, 128)).max(1) / 127)
+    with pytest.raises(ValueError, match="blocks of 100"):
+        quantize_blocks(weight, 100)
+
+
+@pytest.mark.parametrize("serving", EXACT)
 @pytest.mark.parametrize("emotion_buckets", [64, 32, 0])
 def test_the_intent_lexical_branch_is_served_as_the_module_computes_it(
-    emotion_buckets: int, tmp_path: Path
+    emotion_buckets: int, serving: dict[str, bool], tmp_path: Path
 ) -> None:
     made = _understanding(buckets=emotion_buckets, intent_buckets=64)
     for model in (made.intent_model, made.emotion_model):
@@ -342,39 +385,47 @@ def test_the_intent_lexical_branch_is_served_as_the_module_computes_it(
     save_intent(tmp_path / "intent.pt", artifact)
     loaded = load_intent(tmp_path / "intent.pt")
     assert loaded.model.lexicon.config == made.intent_model.lexicon.config
-    heads = Understanding(loaded, made.emotion_model, torch.device("cpu"))
-    text = _unit(3, 384, 14)
-    t, profile = torch.from_numpy(text), torch.from_numpy(_unit(3, 128, 15))
-    on = torch.tensor([True, False, True])
-    logits = heads.intent_model(t, profile, on, lexical_batch(MESSAGES, 64))
-    expected = torch.softmax(logits / heads.temperature, dim=-1).mean(dim=0)
-    assert torch.allclose(heads.intent_probs(t, profile, on, MESSAGES), expected, atol=1e-5)
-    plain = heads.intent_probs(t, profile, on)
-    assert not torch.allclose(plain, expected, atol=1e-3)
+    heads = Understanding(loaded, made.emotion_model, torch.device("cpu"), **serving)
+    text, profile = _unit(3, 384, 14), _unit(3, 128, 15)
+    on = np.array([True, False, True])
+    logits = heads.intent_model(
+        torch.from_numpy(text),
+        torch.from_numpy(profile),
+        torch.from_numpy(on),
+        lexical_batch(MESSAGES, 64),
+    )
+    expected = torch.softmax(logits / heads.temperature, dim=-1).mean(dim=0).detach().numpy()
+    assert np.allclose(heads.intent_probs(text, profile, on, MESSAGES), expected, atol=1e-5)
+    plain = heads.intent_probs(text, profile, on)
+    assert not np.allclose(plain, expected, atol=1e-3)
     # Both heads' cues come from one featurisation; the emotion's are as without the intent's.
     cued = heads.predict_many(text, None, None, MESSAGES)
     no_cues = IntentModel(EnsembleConfig(members=2, hidden=32), FiLMConfig(target=32))
     plain_intent = IntentArtifact(no_cues.eval(), INTENTS, made.temperature, 0.2, None)
-    alone = Understanding(plain_intent, heads.emotion_model, torch.device("cpu")).predict_many(
-        text, None, None, MESSAGES
-    )
+    alone = Understanding(
+        plain_intent, heads.emotion_model, torch.device("cpu"), **serving
+    ).predict_many(text, None, None, MESSAGES)
     for a, b in zip(cued, alone, strict=True):
         assert list(a.emotion_scores.values()) == pytest.approx(list(b.emotion_scores.values()))
 
 
-def test_a_lone_message_gets_what_it_gets_in_a_batch() -> None:
-    # A lone row takes float32 `addmm`s, a batch fbgemm's float16 GEMMs: the same weights.
+@pytest.mark.parametrize(
+    "serving", [pytest.param({}, id="graph-8-bit"), *EXACT]
+)  # fmt: skip
+def test_a_lone_message_gets_what_it_gets_in_a_batch(serving: dict[str, bool]) -> None:
+    # Each row is quantised on its own, and lexical rows are padded per batch.
     made = _understanding(buckets=64, intent_buckets=64)
     for model in (made.intent_model, made.emotion_model):
         model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
     artifact = IntentArtifact(made.intent_model, INTENTS, made.temperature, 0.2, None)
-    heads = Understanding(artifact, made.emotion_model, torch.device("cpu"))
-    text = _unit(3, 384, 16)
-    profiles = [_unit(1, 128, 17)[0], None, _unit(1, 128, 18)[0]]
-    speech = [None, _unit(1, 136, 19)[0], _unit(1, 136, 20)[0]]
-    batch = heads.predict_many(text, profiles, speech, MESSAGES)
+    heads = Understanding(artifact, made.emotion_model, torch.device("cpu"), **serving)
+    texts = [*MESSAGES, "", "a much longer message, with many more words than the others have"]
+    text = _unit(5, 384, 16)
+    profiles = [_unit(1, 128, 17)[0], None, _unit(1, 128, 18)[0], None, _unit(1, 128, 25)[0]]
+    speech = [None, _unit(1, 136, 19)[0], _unit(1, 136, 20)[0], None, None]
+    batch = heads.predict_many(text, profiles, speech, texts)
     for i, together in enumerate(batch):
-        (alone,) = heads.predict_many(text[i : i + 1], [profiles[i]], [speech[i]], [MESSAGES[i]])
+        (alone,) = heads.predict_many(text[i : i + 1], [profiles[i]], [speech[i]], [texts[i]])
         assert (alone.intent, alone.emotion) == (together.intent, together.emotion)
         assert alone.intent_confidence == pytest.approx(together.intent_confidence, abs=1e-5)
         assert [q for _, q in alone.top2] == pytest.approx([q for _, q in together.top2], abs=1e-5)
@@ -383,22 +434,28 @@ def test_a_lone_message_gets_what_it_gets_in_a_batch() -> None:
         )
 
 
-def test_the_film_logit_bias_is_served_as_the_module_computes_it() -> None:
+@pytest.mark.parametrize("serving", EXACT)
+def test_the_film_logit_bias_is_served_as_the_module_computes_it(serving: dict[str, bool]) -> None:
     torch.manual_seed(2)
     intent = IntentModel(EnsembleConfig(members=2, hidden=32), FiLMConfig(target=32, classes=78))
     _nonzero_film(intent)
     intent.load_state_dict({k: v.half().float() for k, v in intent.state_dict().items()})
     emotion = _understanding().emotion_model
     heads = Understanding(
-        IntentArtifact(intent.eval(), INTENTS, 1.7, 0.2, None), emotion, torch.device("cpu")
+        IntentArtifact(intent.eval(), INTENTS, 1.7, 0.2, None),
+        emotion,
+        torch.device("cpu"),
+        **serving,
     )
-    t, profile = torch.from_numpy(_unit(3, 384, 21)), torch.from_numpy(_unit(3, 128, 22))
+    text, profile = _unit(3, 384, 21), _unit(3, 128, 22)
+    t, p = torch.from_numpy(text), torch.from_numpy(profile)
     for present in ([True] * 3, [False, True, True]):
-        on = torch.tensor(present)
-        expected = torch.softmax(heads.intent_model(t, profile, on) / 1.7, dim=-1).mean(dim=0)
-        assert torch.allclose(heads.intent_probs(t, profile, on), expected, atol=1e-5)
+        on = np.array(present)
+        logits = heads.intent_model(t, p, torch.from_numpy(on))
+        expected = torch.softmax(logits / 1.7, dim=-1).mean(dim=0).detach().numpy()
+        assert np.allclose(heads.intent_probs(text, profile, on), expected, atol=1e-5)
     # The generator's logit bias is large enough to matter at this tolerance.
-    assert heads.intent_model.film(profile, torch.ones(3, dtype=torch.bool))[2].abs().mean() > 0.1
+    assert heads.intent_model.film(p, torch.ones(3, dtype=torch.bool))[2].abs().mean() > 0.1
 
 
 def test_the_served_emotion_decision_keeps_the_text_offsets() -> None:
@@ -423,3 +480,17 @@ def test_the_served_emotion_decision_keeps_the_text_offsets() -> None:
         assert labels != log_p.argmax(-1).tolist()
         for r, row in zip(results, log_p.exp().tolist(), strict=True):
             assert list(r.emotion_scores.values()) == pytest.approx(row, abs=1e-5)
+
+
+def test_a_batch_of_long_messages_runs_in_slices_with_the_same_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    heads = _understanding(buckets=64, intent_buckets=64)
+    text = _unit(5, 384, 40)
+    texts = [" ".join(f"word{j}" for j in range(i * 40)) for i in range(5)]
+    whole = heads.predict_many(text, None, None, texts)
+    monkeypatch.setattr(heads_graph, "_GATHER_BYTES", 1)  # one message per run
+    sliced = heads.predict_many(text, None, None, texts)
+    for a, b in zip(whole, sliced, strict=True):
+        assert (a.intent, a.emotion) == (b.intent, b.emotion)
+        assert a.intent_confidence == pytest.approx(b.intent_confidence, abs=1e-5)
