@@ -16,6 +16,7 @@ head, so that a message pays for neither when it carries neither.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,7 @@ IntArray = npt.NDArray[np.int64]
 BLOCK = 128
 _OPSET = 20
 _GATHER_BYTES = 16 << 20
+_SHARED_BYTES = 64 << 10
 
 
 def quantize_blocks(weight: FloatArray, block: int) -> tuple[npt.NDArray[np.uint8], FloatArray]:
@@ -55,16 +57,41 @@ def quantize_blocks(weight: FloatArray, block: int) -> tuple[npt.NDArray[np.uint
 
 
 class _Builder:
-    """Nodes and initialisers of one graph; names are unique per graph."""
+    """Nodes and initialisers of one graph; names are unique per graph. Constants of
+    _SHARED_BYTES or more are named by their contents and kept in `shared`: the graph
+    declares them as external data, which its session takes from memory
+    (`SessionOptions.add_external_initializers`), so no serialised copy is parsed."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: dict[str, npt.NDArray[Any]]) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.constants: list[onnx.TensorProto] = []
+        self.shared = shared
+        self.uses: list[str] = []
         self._count = 0
 
     def const(self, value: npt.ArrayLike, dtype: type = np.float32) -> str:
-        name = f"c{len(self.constants)}"
-        self.constants.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype), name))
+        array: npt.NDArray[Any] = np.ascontiguousarray(value, dtype)
+        if array.nbytes < _SHARED_BYTES:
+            name = f"c{len(self.constants)}"
+            self.constants.append(numpy_helper.from_array(array, name))
+            return name
+        name = "w" + hashlib.blake2b(array.tobytes(), digest_size=8).hexdigest()
+        self.shared.setdefault(name, array)
+        if name not in self.uses:
+            self.uses.append(name)
+            tensor = onnx.TensorProto(
+                name=name,
+                data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                dims=array.shape,
+                data_location=onnx.TensorProto.EXTERNAL,
+            )
+            for key, text in (
+                ("location", "memory"),
+                ("offset", "0"),
+                ("length", str(array.nbytes)),
+            ):
+                tensor.external_data.add(key=key, value=text)
+            self.constants.append(tensor)
         return name
 
     def op(self, kind: str, *inputs: str, domain: str = "", out: str = "", **attrs: Any) -> str:
@@ -122,6 +149,24 @@ class GraphHeads:
         self.profile_dim = heads.film1.weight_t.shape[0]
         self.speech_dim = heads.speech_first.weight_t.shape[0] if self.has_emotion else 0
         self._lexicon(heads)
+        shared: dict[str, npt.NDArray[Any]] = {}
+        graphs = {
+            (profile, speech): self._graph(
+                _Builder(shared), heads, profile, speech, quantize, block
+            )
+            for profile in (False, True)
+            for speech in ((False, True) if self.has_emotion else (False,))
+        }
+        # Held for the sessions' lifetime: they read these arrays' memory.
+        self._shared = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in shared.items()}
+        self._sessions = {
+            key: ort.InferenceSession(
+                g.SerializeToString(), self._options(uses), providers=["CPUExecutionProvider"]
+            )
+            for key, (g, uses) in graphs.items()
+        }
+
+    def _options(self, shared: Sequence[str]) -> ort.SessionOptions:
         options = ort.SessionOptions()
         # One thread per call: the graphs are small, and the server runs batches side by
         # side, each on its caller's thread (fusion.runtime.ThreadPolicy).
@@ -131,15 +176,10 @@ class GraphHeads:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._sessions = {
-            (profile, speech): ort.InferenceSession(
-                self._graph(heads, profile, speech, quantize, block).SerializeToString(),
-                options,
-                providers=["CPUExecutionProvider"],
-            )
-            for profile in (False, True)
-            for speech in ((False, True) if self.has_emotion else (False,))
-        }
+        # Small graphs: an arena would hold a first chunk of about 7 MB per session.
+        options.enable_cpu_mem_arena = False
+        options.add_external_initializers(list(shared), [self._shared[n] for n in shared])
+        return options
 
     # ------------------------------------------------------------------ lexical cues
 
@@ -193,9 +233,16 @@ class GraphHeads:
     # ------------------------------------------------------------------ graph
 
     def _graph(
-        self, heads: ServingHeads, profile: bool, speech: bool, quantize: bool, block: int
-    ) -> onnx.ModelProto:
-        g = _Builder()
+        self,
+        g: _Builder,
+        heads: ServingHeads,
+        profile: bool,
+        speech: bool,
+        quantize: bool,
+        block: int,
+    ) -> tuple[onnx.ModelProto, list[str]]:
+        """One variant's graph (with or without the FiLM generator and the speech head), and
+        the names of the shared constants it reads."""
         inputs = [
             _input("text", self.in_dim),
             _input("lex_ids", "L", TensorProto.INT64),
@@ -307,7 +354,7 @@ class GraphHeads:
             ],
         )
         model.ir_version = 10
-        return model
+        return model, g.uses
 
     # ------------------------------------------------------------------ run
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -63,8 +64,13 @@ def _nonzero_film(model: IntentModel) -> None:
             p.normal_(0.0, 0.5)
 
 
+class Serving(TypedDict, total=False):
+    graph: bool
+    quantize: bool
+
+
 def _understanding(
-    seed: int = 0, buckets: int = 0, intent_buckets: int = 0, **serving: bool
+    seed: int = 0, buckets: int = 0, intent_buckets: int = 0, **serving: Unpack[Serving]
 ) -> Understanding:
     torch.manual_seed(seed)
     intent = IntentModel(
@@ -310,7 +316,7 @@ def test_data_sets_load_with_the_expected_counts_and_labels() -> None:
 
 
 @pytest.mark.parametrize("serving", EXACT)
-def test_the_serving_path_computes_what_the_modules_compute(serving: dict[str, bool]) -> None:
+def test_the_serving_path_computes_what_the_modules_compute(serving: Serving) -> None:
     made = _understanding()
     # Checkpoints hold float16 weights, which the serving path reads as they are.
     for model in (made.intent_model, made.emotion_model):
@@ -376,7 +382,7 @@ def test_blocks_quantise_to_the_nearest_step_of_their_scale() -> None:
 @pytest.mark.parametrize("serving", EXACT)
 @pytest.mark.parametrize("emotion_buckets", [64, 32, 0])
 def test_the_intent_lexical_branch_is_served_as_the_module_computes_it(
-    emotion_buckets: int, serving: dict[str, bool], tmp_path: Path
+    emotion_buckets: int, serving: Serving, tmp_path: Path
 ) -> None:
     made = _understanding(buckets=emotion_buckets, intent_buckets=64)
     for model in (made.intent_model, made.emotion_model):
@@ -412,7 +418,7 @@ def test_the_intent_lexical_branch_is_served_as_the_module_computes_it(
 @pytest.mark.parametrize(
     "serving", [pytest.param({}, id="graph-8-bit"), *EXACT]
 )  # fmt: skip
-def test_a_lone_message_gets_what_it_gets_in_a_batch(serving: dict[str, bool]) -> None:
+def test_a_lone_message_gets_what_it_gets_in_a_batch(serving: Serving) -> None:
     # Each row is quantised on its own, and lexical rows are padded per batch.
     made = _understanding(buckets=64, intent_buckets=64)
     for model in (made.intent_model, made.emotion_model):
@@ -435,7 +441,7 @@ def test_a_lone_message_gets_what_it_gets_in_a_batch(serving: dict[str, bool]) -
 
 
 @pytest.mark.parametrize("serving", EXACT)
-def test_the_film_logit_bias_is_served_as_the_module_computes_it(serving: dict[str, bool]) -> None:
+def test_the_film_logit_bias_is_served_as_the_module_computes_it(serving: Serving) -> None:
     torch.manual_seed(2)
     intent = IntentModel(EnsembleConfig(members=2, hidden=32), FiLMConfig(target=32, classes=78))
     _nonzero_film(intent)
