@@ -262,16 +262,12 @@ class GraphHeads:
         lexical = g.op("MatMul", "lex_weight", rows)
         classes = heads.intent_w2.shape[1]
         if profile:
-            inputs += [
-                _input("profile", self.profile_dim),
-                _input("has_profile", 1, TensorProto.BOOL),
-            ]
+            inputs.append(_input("profile", self.profile_dim))
             f1 = g.op(
                 "Gelu", g.gemm("profile", _numpy(heads.film1.weight_t), _numpy(heads.film1.bias))
             )
             film2 = _numpy(heads.film2.weight_t)
             gen = g.gemm(f1, film2, _numpy(heads.film2.bias), _fits(film2, block))
-            gen = g.op("Where", "has_profile", gen, g.const(_numpy(heads.film_identity)[None]))
             gen = g.op("Reshape", gen, g.const([-1, 1, 1, heads.film_identity.shape[0]], np.int64))
             w = heads.film_width
             gamma, beta = g.columns(gen, 0, w), g.columns(gen, w, 2 * w)
@@ -303,15 +299,8 @@ class GraphHeads:
                 text_hidden, _numpy(heads.emotion_w2), start, _numpy(heads.text_map)
             )  # [B, 7]
             log_text = g.op("Log", text)
-            text_probs = g.op(
-                "Div", text, g.op("ReduceSum", text, g.const([1], np.int64), keepdims=1)
-            )
-            text_decision = g.op("Add", log_text, g.const(_numpy(heads.text_offsets)))
             if speech:
-                inputs += [
-                    _input("speech", self.speech_dim),
-                    _input("has_speech", 1, TensorProto.BOOL),
-                ]
+                inputs.append(_input("speech", self.speech_dim))
                 ms, hs = heads.speech_shape
                 sf = heads.speech_first
                 speech_hidden = g.members(
@@ -323,7 +312,7 @@ class GraphHeads:
                     "Log", g.expert(speech_hidden, speech_w2, g.const(b2), speech_map)
                 )
                 w_text, w_speech = heads.fusion_weight
-                fused = g.op(
+                text_decision = g.op(
                     "Add",
                     g.op("Mul", log_text, g.const(w_text)),
                     g.op(
@@ -332,9 +321,12 @@ class GraphHeads:
                         g.const(_numpy(heads.fusion_bias)),
                     ),
                 )
-                fused_probs = g.op("Softmax", fused, axis=-1)
-                text_probs = g.op("Where", "has_speech", fused_probs, text_probs)
-                text_decision = g.op("Where", "has_speech", fused, text_decision)
+                text_probs = g.op("Softmax", text_decision, axis=-1)
+            else:
+                text_probs = g.op(
+                    "Div", text, g.op("ReduceSum", text, g.const([1], np.int64), keepdims=1)
+                )
+                text_decision = g.op("Add", log_text, g.const(_numpy(heads.text_offsets)))
             names += [
                 g.op("Identity", text_probs, out="emotion"),
                 g.op("Identity", text_decision, out="decision"),
@@ -372,19 +364,54 @@ class GraphHeads:
         n = text.shape[0]
         if texts is not None and len(texts) != n:
             raise ValueError(f"{len(texts)} texts for {n} messages")
+        if not self.has_emotion:
+            speech = has_speech = None
+        if (profile is None or has_profile is None) and (speech is None or has_speech is None):
+            return self._run(text, profile, speech, texts)
+        # A mixed batch: each group of rows alike (with or without a profile, with or without
+        # speech) runs through its own graph, which spares every graph a selection per row.
+        with_profile = _rows_with(profile, has_profile, n)
+        with_speech = _rows_with(speech, has_speech, n)
+        columns: list[FloatArray] = []
+        for p in (False, True):
+            for v in (False, True):
+                rows = np.flatnonzero((with_profile == p) & (with_speech == v))
+                if not rows.size:
+                    continue
+                part = self._run(
+                    text[rows],
+                    profile[rows] if p and profile is not None else None,
+                    speech[rows] if v and speech is not None else None,
+                    None if texts is None else [texts[i] for i in rows.tolist()],
+                )
+                outputs = [o for o in (part.intent, part.emotion, part.decision) if o is not None]
+                if not columns:
+                    columns = [np.empty((n, o.shape[1]), np.float32) for o in outputs]
+                for column, o in zip(columns, outputs, strict=True):
+                    column[rows] = o
+        if not self.has_emotion:
+            return HeadOutputs(columns[0], None, None)
+        return HeadOutputs(columns[0], columns[1], columns[2])
+
+    def _run(
+        self,
+        text: FloatArray,
+        profile: FloatArray | None,
+        speech: FloatArray | None,
+        texts: Sequence[str] | None,
+    ) -> HeadOutputs:
+        """Rows alike: every row has a profile or none does, and the same for speech."""
+        n = text.shape[0]
         ids, weights = self.lexical_inputs(texts, n)
-        key = (profile is not None, speech is not None and self.has_emotion)
         feed: dict[str, Any] = {"text": text, "lex_ids": ids, "lex_weight": weights}
-        if key[0]:
+        if profile is not None:
             feed["profile"] = profile
-            feed["has_profile"] = _presence(has_profile, n)
-        if key[1]:
+        if speech is not None:
             feed["speech"] = speech
-            feed["has_speech"] = _presence(has_speech, n)
+        session = self._sessions[(profile is not None, speech is not None)]
         # The gathered lexical rows are [B, L, columns], L the longest message's: a batch
         # with a long message runs in slices that keep them under _GATHER_BYTES.
         per_run = max(1, _GATHER_BYTES // (ids.shape[1] * self.table.shape[1] * 4))
-        session = self._sessions[key]
         if per_run >= n:
             out = session.run(None, feed)
         else:
@@ -398,10 +425,12 @@ class GraphHeads:
         return HeadOutputs(out[0], out[1], out[2])
 
 
-def _presence(present: npt.NDArray[np.bool_] | None, n: int) -> npt.NDArray[np.bool_]:
-    if present is None:
-        return np.ones((n, 1), dtype=np.bool_)
-    return np.ascontiguousarray(present, dtype=np.bool_).reshape(n, 1)
+def _rows_with(
+    vectors: FloatArray | None, present: npt.NDArray[np.bool_] | None, n: int
+) -> npt.NDArray[np.bool_]:
+    if vectors is None:
+        return np.zeros(n, np.bool_)
+    return np.ones(n, np.bool_) if present is None else np.asarray(present, np.bool_)
 
 
 def _input(name: str, width: int | str, dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:

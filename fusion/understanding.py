@@ -938,6 +938,8 @@ class Understanding:
             return None, None
         if len(vecs) != n:
             raise ValueError(f"{len(vecs)} {name} vectors for {n} messages")
+        if n == 1 and vecs[0] is not None:  # a lone message, the server's common case
+            return stack_rows(vecs, dim, name), None
         present = [v is not None for v in vecs]
         count = sum(present)
         if not count:
