@@ -891,15 +891,15 @@ class Understanding:
         self.device = device
         self.intent_model = intent.model.to(device).eval()
         self.emotion_model = emotion.to(device).eval()
-        self.serving = ServingHeads(
-            self.intent_model, intent.temperature, self.emotion_model, device
-        )
+        serving = ServingHeads(self.intent_model, intent.temperature, self.emotion_model, device)
         self.graph: GraphHeads | None = None
+        self.serving: ServingHeads | None = serving
         if graph and device.type == "cpu":
             # Imported here: onnx and ONNX Runtime load only where they serve.
             from fusion.heads_graph import GraphHeads
 
-            self.graph = GraphHeads(self.serving, quantize=quantize)
+            self.graph = GraphHeads(serving, quantize=quantize)
+            self.serving = None  # its constants live on in the graphs
         self.intents = intent.intents
         self.temperature = intent.temperature
         self.oos_threshold = intent.oos_threshold
@@ -962,6 +962,8 @@ class Understanding:
             profile = has_profile = None
         if self.graph is not None:
             return self.graph.run(text, profile, has_profile, speech, has_speech, texts)
+        assert self.serving is not None
+        serving = self.serving
         if texts is not None and len(texts) != text.shape[0]:
             raise ValueError(f"{len(texts)} texts for {text.shape[0]} messages")
 
@@ -969,12 +971,12 @@ class Understanding:
             return None if a is None else _tensor(a, self.device)
 
         with torch.inference_mode():
-            hidden = self.serving.hidden(_tensor(text, self.device))
-            intent_lexical, emotion_lexical = self.serving.lexical_logits(texts)
-            probs = self.serving.intent_probs(
+            hidden = serving.hidden(_tensor(text, self.device))
+            intent_lexical, emotion_lexical = serving.lexical_logits(texts)
+            probs = serving.intent_probs(
                 hidden, tensor(profile), tensor(has_profile), intent_lexical
             )
-            scores, decision = self.serving.emotion_probs(
+            scores, decision = serving.emotion_probs(
                 hidden, tensor(speech), tensor(has_speech), emotion_lexical
             )
             return HeadOutputs(probs.cpu().numpy(), scores.cpu().numpy(), decision.cpu().numpy())
