@@ -1,13 +1,14 @@
 """Per-message cost of the intent and emotion heads next to the text encoder's.
 
 One message at a time (the server's worst case: a lone request is its own batch), on the
-device `ASSISTANT_DEVICE` picks and, on a CPU, with the threads the server gives a lone
-request (`fusion.runtime.ThreadPolicy`: half the usable cores unless `--lone-threads`). For
+device `ASSISTANT_DEVICE` picks and, on a CPU, with the torch threads the server gives a lone
+request (`fusion.runtime.ThreadPolicy`: half the usable cores unless `--lone-threads`); on a
+CPU the heads run as ONNX Runtime graphs on the calling thread (`fusion.heads_graph`). For
 each message: the MiniLM embedding, then both heads (intent with a profile, emotion with
 the text for its lexical cues and speech features on every other message). Prints the
 p50/p90 of each and the target: the heads add <= 1 ms p50 per message over the encoder.
-Then the heads' per-message cost when the micro-batcher hands them a batch (`--batch`, on
-`--threads`).
+Then the heads' per-message cost when the micro-batcher hands them a batch (`--batch`, with
+`--threads` torch threads).
 
     .venv/bin/python bench/understanding.py --messages 300
     .venv/bin/python bench/understanding.py --messages 300 --lone-threads 2 --json var/u.json
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
         "lone_threads": lone_threads,
         "batch_threads": args.threads,
+        "heads_path": "onnxruntime graphs" if heads.graph is not None else "torch",
         "load_average_1m": os.getloadavg()[0],
         "messages": args.messages,
         "text_encoder_ms": _ms(encode_s),
@@ -118,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"text encoder p50 {result['text_encoder_ms']['p50']:.2f} ms; intent + emotion heads "
         f"p50 {result['heads_ms']['p50']:.3f} ms, p90 {result['heads_ms']['p90']:.3f} ms "
-        f"(target <= 1 ms p50: {'met' if result['met'] else 'NOT met'}) on {device}, "
-        f"{lone_threads} thread(s); in batches of {args.batch} on {args.threads}: "
+        f"(target <= 1 ms p50: {'met' if result['met'] else 'NOT met'}) on {device} "
+        f"({result['heads_path']}), {lone_threads} torch thread(s); in batches of "
+        f"{args.batch}: "
         f"{result['heads_batched_ms_per_message']['p50']:.3f} ms per message; "
         f"load average {result['load_average_1m']:.2f}"
     )
