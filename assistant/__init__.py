@@ -1,21 +1,8 @@
 """The conversation: wire protocol, chat sessions, identity, redaction and settings."""
 
-from assistant.chat import ChatConfig, ChatConnection, ChatService
-from assistant.cluster import Cluster, ClusterConfig
-from assistant.config import Settings, SettingsError
-from assistant.generation import ResponseGenerator
-from assistant.logs import configure_logging
-from assistant.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from assistant.metrics import Metrics
-from assistant.operator_admin import create_operator, list_operators, revoke_operator
-from assistant.operator_roles import ROLES
-from assistant.operators import OperatorConnection, OperatorService
-from assistant.outbox import Transport
-from assistant.protocol import MAX_FRAME_BYTES, ErrorCode, parse_client_frame
-from assistant.rate_limits import RateLimiter, RateLimits
-from assistant.redaction import redact
-from assistant.refusion import RefuseReport
-from assistant.runtime import (
+from assistant.app.operator_accounts import create_operator, list_operators, revoke_operator
+from assistant.app.re_fusion import RefuseReport
+from assistant.app.runtime import (
     Models,
     Runtime,
     load_models,
@@ -23,7 +10,26 @@ from assistant.runtime import (
     refuse_database,
     single_threaded_blas,
 )
-from assistant.speech_out import (
+from assistant.app.settings import Settings
+from assistant.app.static import CSP, Asset, static_asset
+from assistant.app.training import TRAINERS, train
+from assistant.chat.connection import ChatConfig, ChatConnection, ChatService
+from assistant.chat.protocol import MAX_FRAME_BYTES, ErrorCode, parse_client_frame
+from assistant.chat.rate_limits import RateLimiter, RateLimits
+from assistant.chat.widget_tokens import issue_token, verify_token
+from assistant.cluster.replicas import Cluster, ClusterConfig
+from assistant.core.logs import configure_logging
+from assistant.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from assistant.core.metrics import Metrics
+from assistant.core.outbox import Transport
+from assistant.core.redaction import redact
+from assistant.core.settings import SettingsError
+from assistant.operators.roles import ROLES
+from assistant.operators.service import OperatorConnection, OperatorService
+from assistant.replies.generation import ResponseGenerator
+from assistant.voice.models import VoiceModels, VoiceModelsConfig
+from assistant.voice.service import VoiceConfig, VoiceService
+from assistant.voice.synthesis import (
     EspeakTts,
     Synthesis,
     TextToSpeech,
@@ -31,11 +37,6 @@ from assistant.speech_out import (
     pcm16_frames,
     select_tts,
 )
-from assistant.static import CSP, Asset, static_asset
-from assistant.tokens import issue_token, verify_token
-from assistant.training import TRAINERS, train
-from assistant.voice import VoiceConfig, VoiceService
-from assistant.voice_models import VoiceModels, VoiceModelsConfig
 
 __all__ = [
     "CSP",

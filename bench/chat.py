@@ -825,25 +825,25 @@ LIBRARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tokenizer", ("tokenizers/", "transformers/tokenization_")),
     ("model", ("torch/", "transformers/", "fusion/", "numpy/", "sklearn/")),
     ("SQL/ORM", ("sqlalchemy/", "aiosqlite/", "sqlite3/", "profiles/", "greenlet/")),
-    ("JSON", ("json/", "assistant/protocol.py")),
+    ("JSON", ("json/", "assistant/chat/protocol.py")),
     ("websockets", ("websockets/",)),
     (
         "reply composer",
         (
-            "assistant/composer.py",
-            "assistant/generation.py",
-            "assistant/retrieval.py",
-            "assistant/replies.py",
-            "assistant/prompting.py",
-            "assistant/knowledge_base.py",
-            "assistant/profile_summary.py",
+            "assistant/replies/composer.py",
+            "assistant/replies/generation.py",
+            "assistant/replies/retrieval.py",
+            "assistant/replies/deltas.py",
+            "assistant/replies/prompting.py",
+            "assistant/replies/knowledge_base.py",
+            "assistant/replies/profile_summary.py",
             "langchain_core/",
         ),
     ),
-    ("logging and metrics", ("logging/", "prometheus_client/", "assistant/logs.py")),
+    ("logging and metrics", ("logging/", "prometheus_client/", "assistant/core/logs.py")),
 )
 # The batcher and the runtime's submit run on the event loop: their frames are not the model.
-NOT_MODEL = ("fusion/batcher.py", "fusion/runtime.py")
+NOT_MODEL = ("fusion/batcher.py", "fusion/serving.py")
 OWN_CODE = ("assistant/", "server.py")
 EVENT_LOOP = ("asyncio/", "selectors.py", "concurrent/", "threading.py", "queue.py")
 # Waiting, not working: py-spy's idle detection misses these blocking calls into C (an

@@ -68,7 +68,7 @@ from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: E402
 
 from assistant import Models, Settings, load_models  # noqa: E402
-from assistant.rate_limits import RateLimits  # noqa: E402
+from assistant.chat.rate_limits import RateLimits  # noqa: E402
 from server import running  # noqa: E402
 
 # Taken before any model worker changes it.
@@ -222,7 +222,7 @@ async def run_turns(
 
 def time_encoder(models: Models, texts: Sequence[str]) -> list[float]:
     """Seconds of each encode([text]), one sentence per call, in a worker thread."""
-    # The server's model workers set their own thread counts (fusion.runtime); a new thread
+    # The server's model workers set their own thread counts (fusion.serving); a new thread
     # could inherit the last of them. The bare forward gets torch's default.
     torch.set_num_threads(DEFAULT_TORCH_THREADS)
     encoder = models.text_encoder

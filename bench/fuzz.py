@@ -42,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from assistant import Settings, issue_token  # noqa: E402
-from assistant.auth_throttle import AuthThrottleConfig  # noqa: E402
+from assistant.operators.sign_in_throttle import AuthThrottleConfig  # noqa: E402
 from server import RunningServer, running  # noqa: E402
 from tests.fuzz_frames import (  # noqa: E402
     FuzzFailure,

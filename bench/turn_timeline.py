@@ -66,8 +66,10 @@ Event = tuple[float, str, str | None]  # (perf_counter, milestone, client id or 
 def serve(argv: Sequence[str]) -> int:
     """Run server.py's main with timestamps; write them to $TIMELINE_OUT at exit."""
     import server
-    from assistant import chat, outbox, session
-    from fusion import runtime
+    from assistant.chat import connection as chat
+    from assistant.chat import session
+    from assistant.core import outbox
+    from fusion import serving as runtime
     from profiles import store
 
     events: list[Event] = []

@@ -2,7 +2,7 @@
 
 One message at a time (the server's worst case: a lone request is its own batch), on the
 device `ASSISTANT_DEVICE` picks and, on a CPU, with the torch threads the server gives a lone
-request (`fusion.runtime.ThreadPolicy`: half the usable cores unless `--lone-threads`); on a
+request (`fusion.serving.ThreadPolicy`: half the usable cores unless `--lone-threads`); on a
 CPU the heads run as ONNX Runtime graphs on the calling thread (`fusion.heads_graph`). For
 each message: the MiniLM embedding, then both heads (intent with a profile, emotion with
 the text for its lexical cues and speech features on every other message). Prints the
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fusion.device import select_device
-from fusion.runtime import ThreadPolicy
+from fusion.serving import ThreadPolicy
 from fusion.text_encoder import TextEncoder
 from fusion.understanding import Understanding
 

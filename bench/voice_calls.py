@@ -70,9 +70,9 @@ from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: E402
 
 from assistant import Settings, load_models  # noqa: E402
-from assistant.runtime import voice_config  # noqa: E402
-from assistant.speech_out import EspeakConfig, EspeakTts  # noqa: E402
-from assistant.voice_models import VoiceModels  # noqa: E402
+from assistant.app.runtime import voice_config  # noqa: E402
+from assistant.voice.models import VoiceModels  # noqa: E402
+from assistant.voice.synthesis import EspeakConfig, EspeakTts  # noqa: E402
 from fusion.asr import SpeechRecognizer, TurnTranscriber, word_error_rate  # noqa: E402
 from fusion.audio import StreamResampler, mulaw_decode, mulaw_encode, resample  # noqa: E402
 from fusion.vad import SAMPLE_RATE, SpeechEnded, VadConfig, VadModel  # noqa: E402

@@ -7,7 +7,7 @@ from fusion.behaviour import EVENT_CATALOGUE, EventLike
 from fusion.device import select_device
 from fusion.inference import FuseRequest, FuseResult, FusionInference
 from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_profile, update_state
-from fusion.runtime import (
+from fusion.serving import (
     FusionConfig,
     FusionRuntime,
     Observation,

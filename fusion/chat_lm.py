@@ -1,6 +1,6 @@
 """A local causal language model (a transformers model folder) that streams chat replies.
 
-The assistant wraps it as a LangChain chat model (`assistant.chat_models.LocalChatModel`);
+The assistant wraps it as a LangChain chat model (`assistant.replies.llm_backends.LocalChatModel`);
 this module keeps torch and transformers inside fusion and speaks plain Python:
 
     generator = load_text_generator("/models/qwen2.5-0.5b-instruct")

@@ -170,7 +170,7 @@ class GraphHeads:
     def _options(self, shared: Sequence[str]) -> ort.SessionOptions:
         options = ort.SessionOptions()
         # One thread per call: the graphs are small, and the server runs batches side by
-        # side, each on its caller's thread (fusion.runtime.ThreadPolicy).
+        # side, each on its caller's thread (fusion.serving.ThreadPolicy).
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

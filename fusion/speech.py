@@ -1,7 +1,8 @@
 """Speech features for fusion: an ECAPA-TDNN utterance embedding plus standardized prosody.
 
 The encoder is SpeechBrain's `Fbank` front end and `ECAPA_TDNN`, randomly initialised and trained
-on RAVDESS by `fusion.train_speech`; its weights ship in `fusion/weights/speech_encoder.pt`
+on RAVDESS by `fusion.training.speech_encoder`; its weights ship in
+`fusion/weights/speech_encoder.pt`
 (model card beside it). Nothing is fetched from a model hub.
 
 The filterbank stops at 3.8 kHz: callers reach the assistant through the telephone network
@@ -25,9 +26,9 @@ from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from fusion.audio import TARGET_RATE, resample_to_16k, trim_silence
-from fusion.data_dir import default_data_dir
 from fusion.device import select_device
 from fusion.prosody import PROSODY_DIM, prosody_features
+from fusion.training.data_dir import default_data_dir
 
 FloatArray = npt.NDArray[np.float32]
 

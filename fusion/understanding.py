@@ -13,7 +13,7 @@
   weighted product of experts when both are present.
 - Confidences are temperature-scaled on validation data (docs/understanding.md).
 
-The model, its training (`fusion.train_understanding`) and this inference wrapper are kept
+The model, its training (`fusion.training.heads`) and this inference wrapper are kept
 apart; nothing here reads data sets.
 """
 

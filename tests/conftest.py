@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from assistant import Models, ResponseGenerator, Settings, load_models, migrate_database
-from assistant.runtime import build_generator
+from assistant.app.runtime import build_generator
 from profiles import Store
 from server import RunningServer, running
 

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from assistant.speech_out import mulaw_frames, parse_wav
+from assistant.voice.synthesis import mulaw_frames, parse_wav
 from fusion.audio import StreamResampler, mulaw_decode, resample
 
 FloatArray = npt.NDArray[np.float32]

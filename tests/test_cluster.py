@@ -29,7 +29,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from assistant import Settings, create_operator, migrate_database
-from assistant.cluster_messages import (
+from assistant.cluster.messages import (
     Answer,
     Call,
     SessionSnapshot,
@@ -332,7 +332,7 @@ async def test_redis_outage_recovery_and_handover_between_replicas(
     """Redis goes away from replica A (its connection is cut): A keeps serving on its own
     and warns once; when Redis is back, A reconnects and is part of the cluster again, and
     hands the session to B when the user's next connection lands there."""
-    caplog.set_level(logging.WARNING, logger="assistant.bus")
+    caplog.set_level(logging.WARNING, logger="assistant.cluster.bus")
     target = urlsplit(redis_url())
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
     await proxy.start()

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from assistant.composer import (
+from assistant.replies.composer import (
     HUMAN_OFFER,
     HUMAN_OFFER_ANGRY,
     OPENINGS,
@@ -20,16 +20,16 @@ from assistant.composer import (
     render,
     sentences,
 )
-from assistant.knowledge_base import BANKING77_INTENTS, KnowledgeEntry
-from assistant.profile_summary import (
+from assistant.replies.knowledge_base import BANKING77_INTENTS, KnowledgeEntry
+from assistant.replies.profile_summary import (
     ProfileSummary,
     age_phrase,
     emotion_direction,
     emotion_state_label,
     summarize_profile,
 )
-from assistant.retrieval import Passage, embed_in_batches
-from assistant.understanding import EMOTIONS, Understanding
+from assistant.replies.retrieval import Passage, embed_in_batches
+from assistant.replies.understanding import EMOTIONS, Understanding
 from tests.test_knowledge_base import shared_embed, shared_kb, shared_retriever
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

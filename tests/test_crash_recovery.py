@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from assistant import migrate_database
-from assistant.recovery import unanswered
+from assistant.chat.recovery import unanswered
 from profiles import Conflict, NotFound, OperatorStore, Store, StoredFrame, TurnRecord
 from tests.conftest import Client, ServerFactory
 from tests.server_process import ServerProcess

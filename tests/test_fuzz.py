@@ -26,7 +26,7 @@ from assistant import (
     VoiceModelsConfig,
     issue_token,
 )
-from assistant.auth_throttle import AuthThrottleConfig
+from assistant.operators.sign_in_throttle import AuthThrottleConfig
 from fusion import AsrConfig
 from server import RunningServer, running
 from tests.fuzz_frames import (

@@ -30,10 +30,9 @@ from langchain_core.language_models.fake_chat_models import (
 )
 from langchain_core.messages import AIMessage, BaseMessage
 
-from assistant.chat_models import LocalChatModel, build_chat_model
-from assistant.composer import ReplyKind
-from assistant.config import SettingsError
-from assistant.generation import (
+from assistant.core.settings import SettingsError
+from assistant.replies.composer import ReplyKind
+from assistant.replies.generation import (
     PARAGRAPH,
     FallbackReason,
     GeneratedReply,
@@ -41,10 +40,11 @@ from assistant.generation import (
     ReplySource,
     ResponseGenerator,
 )
-from assistant.generation_config import GenerationConfig
-from assistant.profile_summary import ProfileSummary, summarize_profile
-from assistant.prompting import ConversationTurn
-from assistant.understanding import Understanding
+from assistant.replies.llm_backends import LocalChatModel, build_chat_model
+from assistant.replies.llm_config import GenerationConfig
+from assistant.replies.profile_summary import ProfileSummary, summarize_profile
+from assistant.replies.prompting import ConversationTurn
+from assistant.replies.understanding import Understanding
 from tests.test_knowledge_base import shared_kb, shared_retriever
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

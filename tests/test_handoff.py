@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from assistant.handoff import (
+from assistant.replies.handoff import (
     HandoffDecision,
     HandoffPolicy,
     HandoffReason,
@@ -18,7 +18,7 @@ from assistant.handoff import (
     take_over,
     turn_signal,
 )
-from assistant.understanding import Understanding
+from assistant.replies.understanding import Understanding
 
 CLEAR = TurnSignal(intent="card_arrival", confidence=0.9)
 UNSURE = TurnSignal(intent="card_arrival", confidence=0.2)

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from assistant import issue_token
-from assistant.auth_throttle import AuthThrottle, AuthThrottleConfig
+from assistant.operators.sign_in_throttle import AuthThrottle, AuthThrottleConfig
 from server import RunningServer
 from tests.conftest import Client, ServerFactory
 from tests.operator_helpers import OperatorClient, make_operator

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from langchain_core.documents import Document
 
-from assistant.config import Settings
-from assistant.knowledge_base import (
+from assistant.app.settings import Settings
+from assistant.replies.knowledge_base import (
     BANKING77_INTENTS,
     CONVERSATION_INTENTS,
     KNOWLEDGE_DIR,
@@ -29,7 +29,7 @@ from assistant.knowledge_base import (
     KnowledgeBaseError,
     load_knowledge_base,
 )
-from assistant.retrieval import (
+from assistant.replies.retrieval import (
     Embed,
     EmbeddingCache,
     KnowledgeIndex,
@@ -38,7 +38,7 @@ from assistant.retrieval import (
     embed_in_batches,
     passages_from_documents,
 )
-from assistant.understanding import Understanding
+from assistant.replies.understanding import Understanding
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

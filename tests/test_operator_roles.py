@@ -1,6 +1,6 @@
 """The role matrix: every /operator command against every role, on a real server.
 
-What the issue specifies, written out here independently of assistant.operator_roles:
+What the issue specifies, written out here independently of assistant.operators.roles:
 viewer may search and view; agent adds the live commands and relabelling; admin adds
 export, erase and managing operators. Every allowed read is in the audit log, and a viewer
 never receives a key nor erases anything.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from assistant.operator_protocol import COMMAND_TYPES
+from assistant.operators.protocol import COMMAND_TYPES
 from server import RunningServer
 from tests.conftest import ClientFactory
 from tests.operator_helpers import make_operator, operator_client

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from assistant.operator_keys import hash_secret, new_key, parse_key, verify_secret
-from assistant.operator_protocol import (
+from assistant.operators.keys import hash_secret, new_key, parse_key, verify_secret
+from assistant.operators.protocol import (
     COMMAND_TYPES,
     OperatorError,
     OperatorErrorCode,
@@ -303,7 +303,7 @@ async def test_second_operator_cannot_grab_or_speak(
 async def test_handoff_sessions_are_listed_first(
     server: RunningServer, open_client: ClientFactory
 ) -> None:
-    from assistant.protocol import Reply
+    from assistant.chat.protocol import Reply
 
     calm = await open_client()
     await calm.hello(user={"external_id": "calm"})

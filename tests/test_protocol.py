@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from assistant.protocol import (
+from assistant.chat.protocol import (
     MAX_EVENTS_PER_FRAME,
     MAX_TEXT_CHARS,
     Ack,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from assistant import protocol
-from assistant.protocol import (
+from assistant.chat import protocol
+from assistant.chat.protocol import (
     MAX_EVENTS_PER_FRAME,
     MAX_FRAME_BYTES,
     MAX_TEXT_CHARS,
@@ -26,7 +26,7 @@ from assistant.protocol import (
     parse_client_frame,
     to_dict,
 )
-from assistant.tokens import Claims, verify_token
+from assistant.chat.widget_tokens import Claims, verify_token
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 DOC = DOC_PATH.read_text(encoding="utf-8")

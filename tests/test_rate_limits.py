@@ -99,7 +99,7 @@ def _closed_port() -> int:
 
 
 async def test_without_redis_each_replica_counts_alone(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="assistant.bus")
+    caplog.set_level(logging.WARNING, logger="assistant.cluster.bus")
     down = Cluster(ClusterConfig("lonely", f"redis://127.0.0.1:{_closed_port()}/0"))
     await down.start()
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from assistant.redaction import iban_valid, luhn_valid, redact
+from assistant.core.redaction import iban_valid, luhn_valid, redact
 
 # emails
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from assistant import Models
-from assistant.refusion import refuse_profiles, replay_plan
+from assistant.app.re_fusion import refuse_profiles, replay_plan
 from profiles import EventRecord, NewEvent, Store, TurnRecord
 
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fusion.behaviour import EVENT_CATALOGUE
-from fusion.simulator import (
+from fusion.training.simulator import (
     AMBIGUOUS_GROUPS,
     BACKGROUND,
     EMOTION_CUES,

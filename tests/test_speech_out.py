@@ -13,7 +13,7 @@ import wave
 import numpy as np
 import pytest
 
-from assistant.speech_out import (
+from assistant.voice.synthesis import (
     MULAW_FRAME_BYTES,
     EspeakConfig,
     EspeakTts,
@@ -161,9 +161,9 @@ async def test_engine_failure_is_an_error_not_silence() -> None:
 
 
 def test_select_tts_without_the_binary_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="assistant.speech_out"):
+    with caplog.at_level(logging.INFO, logger="assistant.voice.synthesis"):
         assert select_tts("espeak", binary="espeak-ng-not-installed-here") is None
-    lines = [r for r in caplog.records if r.name == "assistant.speech_out"]
+    lines = [r for r in caplog.records if r.name == "assistant.voice.synthesis"]
     assert len(lines) == 1
     assert lines[0].levelno == logging.WARNING
     assert "espeak-ng-not-installed-here" in lines[0].getMessage()
@@ -171,8 +171,8 @@ def test_select_tts_without_the_binary_logs_one_line(caplog: pytest.LogCaptureFi
 
 
 def test_select_tts_off_and_unknown(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="assistant.speech_out"):
+    with caplog.at_level(logging.INFO, logger="assistant.voice.synthesis"):
         assert select_tts("none") is None
-    assert len([r for r in caplog.records if r.name == "assistant.speech_out"]) == 1
+    assert len([r for r in caplog.records if r.name == "assistant.voice.synthesis"]) == 1
     with pytest.raises(ValueError, match="unknown"):
         select_tts("festival")

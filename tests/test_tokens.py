@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from assistant.tokens import Claims, TokenProblem, issue_token, verify_token
+from assistant.chat.widget_tokens import Claims, TokenProblem, issue_token, verify_token
 
 SECRET = "s3cret-for-tests"
 NOW = 1_750_000_000.0

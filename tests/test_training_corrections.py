@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.training import export_corrections
-from fusion.corrections import (
+from assistant.app.training import export_corrections
+from fusion.training.corrections import (
     Correction,
     emotion_rows,
     intent_rows,

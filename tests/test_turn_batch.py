@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from assistant import Models
-from assistant.config import Settings, SettingsError
-from assistant.runtime import fusion_config
-from fusion.runtime import ThreadPolicy, TurnInput
+from assistant.app.runtime import fusion_config
+from assistant.app.settings import Settings
+from assistant.core.settings import SettingsError
+from fusion.serving import ThreadPolicy, TurnInput
 from fusion.voice_emotion import VOICE_EMOTION_DIM
 
 

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fusion import heads_graph
 from fusion.heads_graph import quantize_blocks
-from fusion.train_understanding import (
+from fusion.training.heads import (
     FitConfig,
     fit_member,
     load_banking77,

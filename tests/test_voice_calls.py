@@ -38,8 +38,8 @@ from assistant import (
     VoiceModelsConfig,
     issue_token,
 )
-from assistant.runtime import voice_config
-from assistant.speech_out import parse_wav
+from assistant.app.runtime import voice_config
+from assistant.voice.synthesis import parse_wav
 from fusion import SERVICE_EMOTIONS
 from fusion.asr import AsrConfig, word_error_rate
 from fusion.audio import mulaw_decode, mulaw_encode, pcm16_encode, resample
@@ -528,7 +528,7 @@ async def test_twilio_invalid_base64_is_ignored_with_one_log_line(
     line = CALLER_LINES[6]
     audio = caller_audio[line]
     half = len(audio) // 2 // TWILIO_FRAME * TWILIO_FRAME
-    with caplog.at_level(logging.DEBUG, logger="assistant.voice"):
+    with caplog.at_level(logging.DEBUG, logger="assistant.voice.service"):
         async with twilio_call(server) as peer:
             await peer.begin({"external_id": "caller-base64"})
             await peer.stream(audio[:half], pace=False)

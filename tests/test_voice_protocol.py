@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from assistant.protocol import EmotionLabel, ErrorCode, IntentLabel
-from assistant.voice_protocol import (
+from assistant.chat.protocol import EmotionLabel, ErrorCode, IntentLabel
+from assistant.voice.protocol import (
     MAX_PARAMETERS,
     MediaFormat,
     Transcript,
