@@ -35,6 +35,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from assistant import (
+    CLOSE_POLICY,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN,
     CSP,
     MAX_FRAME_BYTES,
     METRICS_CONTENT_TYPE,
@@ -63,9 +66,6 @@ SWITCH_INTERVAL_S = 0.0005
 
 log = logging.getLogger("server")
 
-CLOSE_POLICY = 1008
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_TRY_AGAIN = 1013
 # After the drain, how long chat connections get to send what they have queued and close.
 CLOSE_GRACE_S = 5.0
 

@@ -24,6 +24,7 @@ from assistant.core.metrics import Metrics
 from assistant.core.outbox import Transport
 from assistant.core.redaction import redact
 from assistant.core.settings import SettingsError
+from assistant.core.wire import CLOSE_POLICY, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN
 from assistant.operators.roles import ROLES
 from assistant.operators.service import OperatorConnection, OperatorService
 from assistant.replies.generation import ResponseGenerator
@@ -39,6 +40,9 @@ from assistant.voice.synthesis import (
 )
 
 __all__ = [
+    "CLOSE_POLICY",
+    "CLOSE_SERVICE_RESTART",
+    "CLOSE_TRY_AGAIN",
     "CSP",
     "MAX_FRAME_BYTES",
     "METRICS_CONTENT_TYPE",

@@ -37,14 +37,9 @@ from assistant.chat.widget_tokens import Claims, verify_token
 from assistant.cluster.replicas import Cluster
 from assistant.core.logs import bind_ids
 from assistant.core.metrics import Metrics
-from assistant.core.outbox import (
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-    CLOSE_SERVICE_RESTART,
-    Outbox,
-    Transport,
-)
+from assistant.core.outbox import Outbox, Transport
 from assistant.core.redaction import redact
+from assistant.core.wire import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_SERVICE_RESTART
 from assistant.replies.generation import ResponseGenerator
 from fusion import FusionRuntime
 from profiles import (

@@ -33,7 +33,8 @@ from assistant.chat.protocol import (
 )
 from assistant.cluster.messages import SessionSnapshot
 from assistant.core.logs import bind_ids
-from assistant.core.outbox import CLOSE_NORMAL, CLOSE_TRY_AGAIN, Outbox
+from assistant.core.outbox import Outbox
+from assistant.core.wire import CLOSE_NORMAL, CLOSE_TRY_AGAIN
 from assistant.replies.generation import GenerationRequest
 from assistant.replies.handoff import HandoffState, near_handoff, turn_signal
 from assistant.replies.handoff import release as release_handoff

@@ -8,13 +8,9 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-log = logging.getLogger(__name__)
+from assistant.core.wire import CLOSE_TRY_AGAIN
 
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-# The server is restarting (draining): reconnect, to any replica, and resume.
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_TRY_AGAIN = 1013
+log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):

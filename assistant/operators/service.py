@@ -19,8 +19,9 @@ from assistant.chat.connection import ChatService
 from assistant.chat.protocol import OperatorJoined, OperatorLeft, OperatorMessage
 from assistant.chat.session import ChatSession, LiveTurn, OperatorHold
 from assistant.cluster.messages import Action, Answer, Call
-from assistant.core.outbox import CLOSE_POLICY, CLOSE_TRY_AGAIN, Outbox, Transport
+from assistant.core.outbox import Outbox, Transport
 from assistant.core.redaction import redact
+from assistant.core.wire import CLOSE_POLICY, CLOSE_TRY_AGAIN
 from assistant.operators.keys import new_key, parse_key, verify_secret
 from assistant.operators.protocol import (
     Auth,

@@ -29,12 +29,13 @@ from assistant.chat.connection import ANONYMOUS_TENANT, ChatService
 from assistant.chat.protocol import Reply
 from assistant.chat.session import ChatSession
 from assistant.chat.widget_tokens import Claims, verify_token
-from assistant.core.outbox import (
+from assistant.core.outbox import Outbox, Transport
+from assistant.core.wire import (
+    CLOSE_INTERNAL,
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_SERVICE_RESTART,
-    Outbox,
-    Transport,
+    CLOSE_UNSUPPORTED,
 )
 from assistant.voice.call import CallConfig, CallRoute, VoiceCall
 from assistant.voice.models import VoiceModels, VoiceModelsConfig
@@ -74,8 +75,6 @@ log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
-CLOSE_UNSUPPORTED = 1003
-CLOSE_INTERNAL = 1011
 # Twilio's media format, the only one it streams.
 TWILIO_RATE = 8000
 
