@@ -48,6 +48,7 @@ from assistant import (
     Runtime,
     Settings,
     SettingsError,
+    TransportClosed,
     VoiceModels,
     configure_logging,
     create_operator,
@@ -99,10 +100,16 @@ class WebSocketTransport:
         self._connection = connection
 
     async def send(self, data: str | bytes) -> None:
-        await self._connection.send(data)
+        try:
+            await self._connection.send(data)
+        except ConnectionClosed as exc:
+            raise TransportClosed from exc
 
     async def close(self, code: int, reason: str) -> None:
-        await self._connection.close(code, reason)
+        try:
+            await self._connection.close(code, reason)
+        except ConnectionClosed as exc:
+            raise TransportClosed from exc
 
 
 class RouteConnection(Protocol):

@@ -24,7 +24,12 @@ from assistant.core.metrics import Metrics
 from assistant.core.outbox import Transport
 from assistant.core.redaction import redact
 from assistant.core.settings import SettingsError
-from assistant.core.wire import CLOSE_POLICY, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN
+from assistant.core.wire import (
+    CLOSE_POLICY,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN,
+    TransportClosed,
+)
 from assistant.operators.roles import ROLES
 from assistant.operators.service import OperatorConnection, OperatorService
 from assistant.replies.generation import ResponseGenerator
@@ -70,6 +75,7 @@ __all__ = [
     "Synthesis",
     "TextToSpeech",
     "Transport",
+    "TransportClosed",
     "VoiceConfig",
     "VoiceModels",
     "VoiceModelsConfig",

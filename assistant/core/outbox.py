@@ -8,13 +8,16 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from assistant.core.wire import CLOSE_TRY_AGAIN
+from assistant.core.wire import CLOSE_TRY_AGAIN, TransportClosed
 
 log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
-    """What server.py gives the conversation layer for one WebSocket."""
+    """What server.py gives the conversation layer for one WebSocket.
+
+    Both methods raise TransportClosed when the peer has gone away.
+    """
 
     async def send(self, data: str | bytes) -> None: ...
 
@@ -85,8 +88,12 @@ class Outbox:
                     await self._transport.close(item.code, item.reason)
                     return
                 await self._transport.send(item)
+            except TransportClosed:
+                # The session keeps its frames for replay.
+                self.closed = True
+                return
             except Exception:
-                # The peer went away; the session keeps its frames for replay.
+                log.exception("sending failed; closing this connection's outbox")
                 self.closed = True
                 return
 
