@@ -1,7 +1,7 @@
 """Fuzz every WebSocket route of a real server with generated hostile frames, and count.
 
 Routes: /chat, /operator, /voice/twilio and /voice. The examples are the ones tests/test_fuzz.py
-runs a few hundred of (tests/fuzz_frames.py): arbitrary JSON, frames of every type with wrong
+runs a few hundred of (tests/support/fuzz_frames.py): arbitrary JSON, frames of every type with wrong
 or out-of-range fields, huge numbers, deep nesting, odd unicode and lone surrogates, invalid
 UTF-8, binary garbage, oversized frames and valid frames out of order. A real server on port 0
 (fresh SQLite database, a widget secret, the real models, speech included) takes `--per-route`
@@ -44,7 +44,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from assistant import Settings, issue_token  # noqa: E402
 from assistant.operators.sign_in_throttle import AuthThrottleConfig  # noqa: E402
 from server import RunningServer, running  # noqa: E402
-from tests.fuzz_frames import (  # noqa: E402
+from tests.support.fuzz_frames import (  # noqa: E402
     FuzzFailure,
     FuzzStats,
     RouteFuzzer,

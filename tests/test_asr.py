@@ -17,7 +17,7 @@ from fusion.asr import (
     word_errors,
 )
 from fusion.vad import SpeechEnded, SpeechPaused, SpeechStarted, VadModel
-from tests.speech_helpers import caller_16k, needs_espeak, noise
+from tests.support.speech_helpers import caller_16k, needs_espeak, noise
 
 # Callers' sentences for a bank's service line (American spelling, as Whisper writes it).
 # espeak-ng's formant voice through the 4 kHz telephone band is hard for Whisper tiny.en:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from server import RunningServer
-from tests.operator_helpers import make_operator, operator_client
+from tests.support.operator_helpers import make_operator, operator_client
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

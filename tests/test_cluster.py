@@ -40,8 +40,8 @@ from assistant.cluster.messages import (
     encode_snapshot,
 )
 from tests.conftest import ServerFactory, pg_admin_url, temporary_pg_database
-from tests.operator_helpers import OperatorClient
-from tests.tcp_proxy import TcpProxy
+from tests.support.operator_helpers import OperatorClient
+from tests.support.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL_ENV = "ASSISTANT_TEST_REDIS_URL"

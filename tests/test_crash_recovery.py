@@ -1,6 +1,6 @@
 """kill -9 during a burst of messages and events, restart on the same database, resume.
 
-The server runs as a separate process (tests/server_process.py) on an SQLite file. A client
+The server runs as a separate process (tests/support/server_process.py) on an SQLite file. A client
 that does what docs/protocol.md asks of clients (resume with `last_seq`, resend what was not
 acked, with the same ids) checks every promise of docs/reliability.md about crashes: each
 acked message and event is in the database; the resumed stream continues at `last_seq` + 1
@@ -28,7 +28,7 @@ from assistant import migrate_database
 from assistant.chat.recovery import unanswered
 from profiles import Conflict, NotFound, OperatorStore, Store, StoredFrame, TurnRecord
 from tests.conftest import Client, ServerFactory
-from tests.server_process import ServerProcess
+from tests.support.server_process import ServerProcess
 
 MESSAGES = 30
 QUESTIONS = (

@@ -17,7 +17,7 @@ from profiles import NewEvent, OperatorStore, ProfileUpdate, Store, TurnLabels
 from profiles.models import Base
 from server import RunningServer
 from tests.conftest import ClientFactory
-from tests.operator_helpers import make_operator, operator_client
+from tests.support.operator_helpers import make_operator, operator_client
 
 SECRET_TEXT = "my account number is private-xyz"
 

@@ -1,6 +1,6 @@
 """Property-based fuzzing of every WebSocket route on a real server.
 
-Hypothesis draws sequences of hostile frames (tests/fuzz_frames.py) and a real websockets
+Hypothesis draws sequences of hostile frames (tests/support/fuzz_frames.py) and a real websockets
 client sends them to a real server (with its speech models, for the voice routes); every
 answer must be well formed, no answer may be an `internal` error, every close must carry a
 documented code, nothing may be logged as an error, and a well-behaved client keeps being
@@ -29,7 +29,7 @@ from assistant import (
 from assistant.operators.sign_in_throttle import AuthThrottleConfig
 from fusion import AsrConfig
 from server import RunningServer, running
-from tests.fuzz_frames import (
+from tests.support.fuzz_frames import (
     FuzzStats,
     RouteFuzzer,
     bystander_chat,
@@ -41,7 +41,7 @@ from tests.fuzz_frames import (
     twilio_fuzzer,
     voice_fuzzer,
 )
-from tests.operator_helpers import make_operator
+from tests.support.operator_helpers import make_operator
 
 EXAMPLES_PER_ROUTE = 250
 SECRET = "fuzz-secret"

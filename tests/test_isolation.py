@@ -19,7 +19,7 @@ from assistant import issue_token
 from assistant.operators.sign_in_throttle import AuthThrottle, AuthThrottleConfig
 from server import RunningServer
 from tests.conftest import Client, ServerFactory
-from tests.operator_helpers import OperatorClient, make_operator
+from tests.support.operator_helpers import OperatorClient, make_operator
 
 SECRET = "isolation-secret"
 

@@ -16,7 +16,7 @@ import pytest
 from assistant.operators.protocol import COMMAND_TYPES
 from server import RunningServer
 from tests.conftest import ClientFactory
-from tests.operator_helpers import make_operator, operator_client
+from tests.support.operator_helpers import make_operator, operator_client
 
 VIEWER = {"profiles.search", "profile.get"}
 AGENT = VIEWER | {

@@ -34,7 +34,7 @@ from profiles import (
 )
 from server import RunningServer
 from tests.conftest import Client, ClientFactory
-from tests.operator_helpers import make_operator, operator_client
+from tests.support.operator_helpers import make_operator, operator_client
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSISTANT = Path(sys.executable).parent / "assistant"

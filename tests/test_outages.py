@@ -1,7 +1,7 @@
 """Outages of the services behind the server, taken away through a TCP proxy.
 
 The real PostgreSQL and Redis keep running for everyone else: the server under test talks
-to them through tests/tcp_proxy.py, which a test cuts (open connections reset, new ones
+to them through tests/support/tcp_proxy.py, which a test cuts (open connections reset, new ones
 refused, as when the service stops) and restores.
 """
 
@@ -18,8 +18,8 @@ from websockets.asyncio.client import connect
 from assistant import migrate_database
 from server import RunningServer
 from tests.conftest import Client, ServerFactory, pg_admin_url, temporary_pg_database
-from tests.operator_helpers import make_operator, operator_client
-from tests.tcp_proxy import TcpProxy
+from tests.support.operator_helpers import make_operator, operator_client
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.asyncio
 

@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 from assistant import Models, ResponseGenerator, Settings, redact
 from server import running
 from tests.conftest import Client
-from tests.operator_helpers import make_operator, operator_client
+from tests.support.operator_helpers import make_operator, operator_client
 from tests.test_knowledge_base import shared_kb, shared_retriever
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"

@@ -31,7 +31,7 @@ from fusion.speech import (
     SpeechFeaturizer,
     ravdess_features,
 )
-from tests.speech_helpers import ravdess_dir
+from tests.support.speech_helpers import ravdess_dir
 
 
 def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> npt.NDArray[np.float32]:

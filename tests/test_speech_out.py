@@ -26,7 +26,7 @@ from assistant.voice.synthesis import (
     select_tts,
 )
 from fusion.audio import mulaw_decode, pcm16_decode, resample
-from tests.speech_helpers import needs_espeak
+from tests.support.speech_helpers import needs_espeak
 
 
 def wav_bytes(samples: np.ndarray, rate: int) -> bytes:

@@ -18,7 +18,7 @@ from fusion.vad import (
     VadModel,
     VadStream,
 )
-from tests.speech_helpers import (
+from tests.support.speech_helpers import (
     at_8k,
     espeak,
     needs_espeak,

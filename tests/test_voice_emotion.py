@@ -19,7 +19,7 @@ from fusion.voice_emotion import (
     telephone_copy,
     voice_emotion_vector,
 )
-from tests.speech_helpers import caller_16k, needs_espeak, ravdess_dir
+from tests.support.speech_helpers import caller_16k, needs_espeak, ravdess_dir
 
 
 def _tone(hz: float, seconds: float = 1.0, rate: int = 16000) -> np.ndarray:

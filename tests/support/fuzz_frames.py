@@ -40,7 +40,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from assistant import issue_token
 from server import RunningServer
-from tests.operator_helpers import operator_client
+from tests.support.operator_helpers import operator_client
 
 # Close codes a server may use on a client that misbehaves: 1000 (another connection resumed
 # the session; a call stopped), 1003 (a voice call in an unsupported audio format), 1007
