@@ -1,31 +1,21 @@
-"""Composition root and the only I/O edge: WebSocket routes, HTTP probes, signals, the CLI.
+"""The network edge: WebSocket routes, HTTP endpoints (health, metrics, pages), signals.
 
-assistant serve [--host H] [--port P]     (also: python server.py --host H --port P)
-assistant migrate
-assistant refuse                          (after a fusion model upgrade)
-assistant train fusion|speech|intent|emotion [ARGS] [--with-corrections]
-assistant token EXTERNAL_ID [--tenant T] [--ttl S]
-assistant operators create NAME --role viewer|agent|admin   (prints the key once)
-assistant operators list
-assistant operators revoke NAME
-
-Pages: /console (operator console) and /widget (chat widget demo), with /static/* files.
+Routes: /chat, /operator, /voice and /voice/twilio (the table in ROUTES); HTTP: /healthz,
+/readyz, /metrics, /console (operator console) and /widget (chat widget demo), with /static/*
+files. The command line is assistant/app/cli.py; `python server.py` and `assistant` run it.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from http import HTTPStatus
 from typing import Protocol
 
@@ -41,26 +31,21 @@ from assistant import (
     CSP,
     MAX_FRAME_BYTES,
     METRICS_CONTENT_TYPE,
-    ROLES,
-    TRAINERS,
+    ChatConnection,
     Models,
+    NativeConnection,
+    OperatorConnection,
     ResponseGenerator,
     Runtime,
     Settings,
-    SettingsError,
+    Transport,
     TransportClosed,
+    TwilioConnection,
     VoiceModels,
-    configure_logging,
-    create_operator,
-    issue_token,
-    list_operators,
-    migrate_database,
-    refuse_database,
-    revoke_operator,
     single_threaded_blas,
     static_asset,
-    train,
 )
+from assistant.app.cli import run as run_cli
 
 # How long a thread may hold the GIL while another waits for it.
 SWITCH_INTERVAL_S = 0.0005
@@ -69,8 +54,6 @@ log = logging.getLogger("server")
 
 # After the drain, how long chat connections get to send what they have queued and close.
 CLOSE_GRACE_S = 5.0
-
-ROUTES = frozenset({"/chat", "/operator", "/voice", "/voice/twilio"})
 
 
 class _Floor(logging.Filter):
@@ -127,9 +110,25 @@ class RouteConnection(Protocol):
     async def closed(self) -> None: ...
 
 
+# Each WebSocket path and the connection that serves it, given the transport and the client's
+# address. Any other path is an HTTP page or a 404.
+ROUTES: dict[str, Callable[[Runtime, Transport, str], RouteConnection]] = {
+    "/chat": lambda runtime, transport, _: ChatConnection(runtime.chat, transport),
+    "/operator": lambda runtime, transport, address: OperatorConnection(
+        runtime.operators, transport, address
+    ),
+    "/voice": lambda runtime, transport, _: NativeConnection(runtime.voice, transport),
+    "/voice/twilio": lambda runtime, transport, _: TwilioConnection(runtime.voice, transport),
+}
+
+
 def _address(connection: ServerConnection) -> str:
     remote = connection.remote_address
     return str(remote[0]) if remote else ""
+
+
+def _route(connection: ServerConnection) -> str:
+    return connection.request.path.partition("?")[0] if connection.request else "/chat"
 
 
 class App:
@@ -170,7 +169,7 @@ class App:
 
     async def connected(self, connection: ServerConnection) -> None:
         """websockets' handler: counts the connection by route around `handle`."""
-        route = connection.request.path.partition("?")[0] if connection.request else "/chat"
+        route = _route(connection)
         address = _address(connection)
         if self._over_limit(address):
             # Handshakes that passed process_request together, beyond the limit.
@@ -180,7 +179,7 @@ class App:
         self.open[connection] = route
         self.runtime.metrics.opened(route)
         try:
-            await self.handle(connection)
+            await self.handle(connection, route, address)
         finally:
             self.runtime.metrics.closed(route)
             del self.open[connection]
@@ -188,18 +187,9 @@ class App:
             if not self.per_address[address]:
                 del self.per_address[address]
 
-    async def handle(self, connection: ServerConnection) -> None:
+    async def handle(self, connection: ServerConnection, route: str, address: str) -> None:
         transport = WebSocketTransport(connection)
-        path = connection.request.path.partition("?")[0] if connection.request else "/chat"
-        chat: RouteConnection
-        if path == "/operator":
-            chat = self.runtime.operators.connection(transport, _address(connection))
-        elif path == "/voice/twilio":
-            chat = self.runtime.voice.twilio(transport)
-        elif path == "/voice":
-            chat = self.runtime.voice.native(transport)
-        else:
-            chat = self.runtime.chat.connection(transport)
+        chat = ROUTES[route](self.runtime, transport, address)
         hello_timeout = self.runtime.settings.hello_timeout_s
         # A connection that never opens its session would hold a slot for nothing.
         deadline = asyncio.timeout(hello_timeout or None)
@@ -309,7 +299,8 @@ async def running(
         await runtime.stop()
 
 
-async def _serve_forever(settings: Settings) -> None:
+async def serve_forever(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: the `assistant serve` command."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -337,119 +328,9 @@ async def _serve_forever(settings: Settings) -> None:
         log.info("stopping")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="assistant", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command")
-    serve_p = sub.add_parser("serve", help="run the server")
-    for p in (parser, serve_p):
-        p.add_argument("--host", help="bind address (ASSISTANT_HOST, default 127.0.0.1)")
-        p.add_argument("--port", type=int, help="port, 0 picks a free one (ASSISTANT_PORT)")
-        p.add_argument("--db-url", help="database URL (ASSISTANT_DB_URL)")
-    sub.add_parser("migrate", help="upgrade the database to the latest schema")
-    sub.add_parser(
-        "refuse",
-        help="rebuild every stored profile with the shipped fusion model",
-    )
-    train_p = sub.add_parser(
-        "train", help="train models; `assistant train KIND --help` lists a trainer's options"
-    )
-    train_p.add_argument(
-        "kind", choices=sorted(TRAINERS), help="; ".join(f"{k}: {v}" for k, v in TRAINERS.items())
-    )
-    train_p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the trainer")
-    token_p = sub.add_parser("token", help="print a signed widget token (needs the widget secret)")
-    token_p.add_argument("external_id")
-    token_p.add_argument("--tenant", default="default")
-    token_p.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
-    token_p.add_argument("--name")
-    ops_p = sub.add_parser("operators", help="create, list and revoke operator keys")
-    ops_sub = ops_p.add_subparsers(dest="operators_command", required=True)
-    create_p = ops_sub.add_parser("create", help="add an operator and print its key once")
-    create_p.add_argument("name")
-    create_p.add_argument("--role", required=True, choices=ROLES)
-    ops_sub.add_parser("list", help="list operators (never their keys)")
-    revoke_p = ops_sub.add_parser("revoke", help="revoke an operator's key")
-    revoke_p.add_argument("name")
-    return parser
-
-
-def _operators(settings: Settings, args: argparse.Namespace) -> int:
-    if args.operators_command == "create":
-        try:
-            operator, key = asyncio.run(create_operator(settings, args.name, args.role))
-        except ValueError as exc:
-            print(f"assistant: {exc}", file=sys.stderr)
-            return 1
-        print(f"created operator {operator.name} ({operator.role}); its key, shown only once:")
-        print(key)
-        return 0
-    if args.operators_command == "list":
-        for op in asyncio.run(list_operators(settings)):
-            revoked = f"revoked {op.revoked_at:%Y-%m-%d %H:%M}" if op.revoked_at else "active"
-            print(f"{op.name}\t{op.role}\tcreated {op.created_at:%Y-%m-%d %H:%M}\t{revoked}")
-        return 0
-    revoked_op = asyncio.run(revoke_operator(settings, args.name))
-    if revoked_op is None:
-        print(f"assistant: no operator named {args.name!r}", file=sys.stderr)
-        return 1
-    print(f"revoked operator {revoked_op.name}")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"assistant: {exc}", file=sys.stderr)
-        return 2
-    overrides = {
-        k: v
-        for k, v in (("host", args.host), ("port", args.port), ("db_url", args.db_url))
-        if v is not None
-    }
-    settings = replace(settings, **overrides)
-    configure_logging(settings.log_level, settings.log_format)
-    command = args.command or "serve"
-    if command == "migrate":
-        migrate_database(settings.db_url)
-        print("database is at the latest revision")
-        return 0
-    if command == "refuse":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        report = asyncio.run(refuse_database(settings))
-        print(
-            f"re-fused {report.profiles} profiles of {report.users} users from "
-            f"{report.observations} observations with {report.model_version}"
-        )
-        return 0
-    if command == "train":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            return train(args.kind, args.args, db_url=settings.db_url)
-        except ValueError as e:
-            print(f"assistant: {e}", file=sys.stderr)
-            return 2
-    if command == "operators":
-        return _operators(settings, args)
-    if command == "token":
-        if settings.widget_secret is None:
-            print("assistant: set ASSISTANT_WIDGET_SECRET first", file=sys.stderr)
-            return 2
-        print(
-            issue_token(
-                settings.widget_secret,
-                args.external_id,
-                tenant=args.tenant,
-                ttl_s=args.ttl,
-                name=args.name,
-            )
-        )
-        return 0
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    asyncio.run(_serve_forever(settings))
-    return 0
+    """The `assistant` command (and `python server.py`): its serve command runs this edge."""
+    return run_cli(argv, serve_forever)
 
 
 if __name__ == "__main__":

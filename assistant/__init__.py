@@ -1,21 +1,21 @@
 """The conversation: wire protocol, chat sessions, identity, redaction and settings."""
 
 from assistant.app.operator_accounts import create_operator, list_operators, revoke_operator
-from assistant.app.re_fusion import RefuseReport
+from assistant.app.re_fusion import ReFuseReport, re_fuse_database
 from assistant.app.runtime import (
     Models,
     Runtime,
     load_models,
     migrate_database,
-    refuse_database,
     single_threaded_blas,
 )
 from assistant.app.settings import Settings
 from assistant.app.static import CSP, Asset, static_asset
 from assistant.app.training import TRAINERS, train
-from assistant.chat.connection import ChatConfig, ChatConnection, ChatService
-from assistant.chat.protocol import MAX_FRAME_BYTES, ErrorCode, parse_client_frame
+from assistant.chat.connection import ChatConnection
+from assistant.chat.protocol import ErrorCode, parse_client_frame
 from assistant.chat.rate_limits import RateLimiter, RateLimits
+from assistant.chat.service import ChatConfig, ChatService
 from assistant.chat.widget_tokens import issue_token, verify_token
 from assistant.cluster.replicas import Cluster, ClusterConfig
 from assistant.core.logs import configure_logging
@@ -28,12 +28,15 @@ from assistant.core.wire import (
     CLOSE_POLICY,
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN,
+    MAX_FRAME_BYTES,
     TransportClosed,
 )
+from assistant.operators.connection import OperatorConnection
 from assistant.operators.roles import ROLES
-from assistant.operators.service import OperatorConnection, OperatorService
+from assistant.operators.service import OperatorService
 from assistant.replies.generation import ResponseGenerator
 from assistant.voice.models import VoiceModels, VoiceModelsConfig
+from assistant.voice.native import NativeConnection
 from assistant.voice.service import VoiceConfig, VoiceService
 from assistant.voice.synthesis import (
     EspeakTts,
@@ -43,6 +46,7 @@ from assistant.voice.synthesis import (
     pcm16_frames,
     select_tts,
 )
+from assistant.voice.twilio import TwilioConnection
 
 __all__ = [
     "CLOSE_POLICY",
@@ -63,11 +67,12 @@ __all__ = [
     "EspeakTts",
     "Metrics",
     "Models",
+    "NativeConnection",
     "OperatorConnection",
     "OperatorService",
     "RateLimiter",
     "RateLimits",
-    "RefuseReport",
+    "ReFuseReport",
     "ResponseGenerator",
     "Runtime",
     "Settings",
@@ -76,6 +81,7 @@ __all__ = [
     "TextToSpeech",
     "Transport",
     "TransportClosed",
+    "TwilioConnection",
     "VoiceConfig",
     "VoiceModels",
     "VoiceModelsConfig",
@@ -89,8 +95,8 @@ __all__ = [
     "mulaw_frames",
     "parse_client_frame",
     "pcm16_frames",
+    "re_fuse_database",
     "redact",
-    "refuse_database",
     "revoke_operator",
     "select_tts",
     "single_threaded_blas",

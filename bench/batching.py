@@ -30,8 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import torch
+from common import cpu_model, percentile
 from tqdm import tqdm
 
 from fusion import BatcherConfig, FusionConfig, FusionRuntime
@@ -54,10 +54,6 @@ MESSAGES = [
     "Which currencies can I hold in my account?",
     "I was charged twice for the same coffee, can you fix it?",
 ]
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 async def _closed_loop(runtime: FusionRuntime, clients: int, seconds: float) -> int:
@@ -105,10 +101,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         sizes = dict(sorted(stats.sizes.items()))
     finally:
         await runtime.stop()
-    bound_ms = args.wait_ms + _pct(batch_ms, 99)
+    bound_ms = args.wait_ms + percentile(batch_ms, 99)
     return {
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "device": str(runtime.device),
@@ -125,22 +121,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "concurrent_per_s": many_rate,
         "ratio": many_rate / single_rate,
         "batch_sizes": sizes,
-        "wait_p50_ms": _pct(waits_ms, 50),
-        "wait_p99_ms": _pct(waits_ms, 99),
-        "batch_p99_ms": _pct(batch_ms, 99),
+        "wait_p50_ms": percentile(waits_ms, 50),
+        "wait_p99_ms": percentile(waits_ms, 99),
+        "batch_p99_ms": percentile(batch_ms, 99),
         "wait_bound_ms": bound_ms,
-        "wait_within_bound": _pct(waits_ms, 99) <= bound_ms,
+        "wait_within_bound": percentile(waits_ms, 99) <= bound_ms,
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _print(result: dict[str, object]) -> None:

@@ -41,7 +41,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -62,7 +61,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from chat_messages import MESSAGES  # noqa: E402
-from machine import cpu_model, load_average  # noqa: E402
+from common import BenchError, Machine, describe_machine, load_average, percentile  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: E402
@@ -80,21 +79,6 @@ DEFAULT_TURNS = 200
 WARMUP_TURNS = 10
 RECV_TIMEOUT_S = 30.0
 TARGET_RATIO = 2.0
-
-
-class BenchError(RuntimeError):
-    """The run could not complete; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Machine:
-    cpu: str
-    cores: int
-    usable_cores: int
-    torch_threads: int
-    device: str
-    torch: str
-    python: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,27 +104,6 @@ class Figures:
 def messages(count: int, offset: int = 0) -> list[str]:
     """`count` messages cycling MESSAGES, starting `offset` into the cycle."""
     return [MESSAGES[(offset + i) % len(MESSAGES)] for i in range(count)]
-
-
-def percentile_ms(samples_s: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(samples_s, dtype=np.float64), q) * 1000.0)
-
-
-def describe_machine(models: Models, torch_threads: int) -> Machine:
-    cores = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    device = str(models.device)
-    if models.device.type == "cuda":
-        device = f"{device} ({torch.cuda.get_device_name(models.device)})"
-    return Machine(
-        cpu=cpu_model(),
-        cores=cores,
-        usable_cores=usable,
-        torch_threads=torch_threads,
-        device=device,
-        torch=torch.__version__,
-        python=platform.python_version(),
-    )
 
 
 # the client side of a turn
@@ -273,23 +236,23 @@ async def bench(turns: int, device: DeviceChoice, db_url: str | None) -> Figures
             latencies, encoder = await serve_and_chat(settings, models, texts, warmup)
         finally:
             await models.stop()
-    turn_p50 = percentile_ms(latencies, 50)
-    encoder_p50 = percentile_ms(encoder, 50)
+    turn_p50 = percentile(latencies, 50) * 1000.0
+    encoder_p50 = percentile(encoder, 50) * 1000.0
     return Figures(
         turns=len(latencies),
         warmup_turns=WARMUP_TURNS,
         db_backend=url.partition(":")[0].partition("+")[0],
         turn_p50_ms=turn_p50,
-        turn_p99_ms=percentile_ms(latencies, 99),
+        turn_p99_ms=percentile(latencies, 99) * 1000.0,
         turn_mean_ms=float(np.mean(latencies) * 1000.0),
         turn_max_ms=float(np.max(latencies) * 1000.0),
         encoder_p50_ms=encoder_p50,
-        encoder_p99_ms=percentile_ms(encoder, 99),
+        encoder_p99_ms=percentile(encoder, 99) * 1000.0,
         ratio=turn_p50 / encoder_p50,
         target_ratio=TARGET_RATIO,
         load_start=load_start,
         load_end=load_average(),
-        machine=describe_machine(models, DEFAULT_TORCH_THREADS),
+        machine=describe_machine(str(models.device), DEFAULT_TORCH_THREADS),
     )
 
 

@@ -1,15 +1,15 @@
 """Fuzz every WebSocket route of a real server with generated hostile frames, and count.
 
-Routes: /chat, /operator, /voice/twilio and /voice. The examples are the ones tests/test_fuzz.py
-runs a few hundred of (tests/support/fuzz_frames.py): arbitrary JSON, frames of every type with wrong
-or out-of-range fields, huge numbers, deep nesting, odd unicode and lone surrogates, invalid
-UTF-8, binary garbage, oversized frames and valid frames out of order. A real server on port 0
-(fresh SQLite database, a widget secret, the real models, speech included) takes `--per-route`
-examples on each route while a well-behaved client (on /operator an operator, elsewhere a chat
-customer) is served in parallel. Every answer is checked as it arrives: a frame that is not
-well formed, an `internal` error, a close with an undocumented code, a dropped connection or a
-stalled server stops the run with exit status 1, and so does anything the server logs as an
-error.
+Routes: /chat, /operator, /voice/twilio and /voice. The examples are the ones
+tests/test_fuzz.py runs a few hundred of (tests/support/fuzz_frames.py): arbitrary JSON, frames
+of every type with wrong or out-of-range fields, huge numbers, deep nesting, odd unicode and
+lone surrogates, invalid UTF-8, binary garbage, oversized frames and valid frames out of order.
+A real server on port 0 (fresh SQLite database, a widget secret, the real models, speech
+included) takes `--per-route` examples on each route while a well-behaved client (on /operator
+an operator, elsewhere a chat customer) is served in parallel. Every answer is checked as it
+arrives: a frame that is not well formed, an `internal` error, a close with an undocumented
+code, a dropped connection or a stalled server stops the run with exit status 1, and so does
+anything the server logs as an error.
 
     .venv/bin/python bench/fuzz.py                      # 10,000 examples per route
     .venv/bin/python bench/fuzz.py --per-route 500 --routes /chat --seed 7

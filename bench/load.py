@@ -43,7 +43,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import sys
@@ -57,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
@@ -69,20 +67,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chat_messages import STEADY_MESSAGES as MESSAGES  # noqa: E402
+from common import BenchError, cpu_model, percentile, raise_file_limit  # noqa: E402
 
 from profiles import migrate  # noqa: E402
+from tests.support.databases import temporary_pg_database  # noqa: E402
+from tests.support.server_process import ServerFailed, server_process  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "load.json"
-START_TIMEOUT_S = 180.0
 TURN_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 120.0
 # Handshakes in flight at once: a burst of hundreds of SYNs would overflow the replicas'
 # listen backlog (100) and cost the refused ones a one-second SYN retry.
 CONNECT_CONCURRENCY = 50
-
-
-class BenchError(RuntimeError):
-    """The run could not complete; the message says why."""
 
 
 @dataclass
@@ -105,46 +101,14 @@ class ClientResult:
     errors: list[str] = field(default_factory=list)
 
 
-def raise_fd_limit(needed: int) -> int:
-    """Raise this process's open-file limit (inherited by the replicas) as far as allowed."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        soft = wanted
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        raise BenchError(f"open-file limit {soft} is below the {needed} this run needs")
-    return int(soft)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 @asynccontextmanager
 async def temporary_database(admin_url: str) -> AsyncIterator[str]:
     """A new, migrated PostgreSQL database next to `admin_url`'s; dropped afterwards."""
-    url = make_url(admin_url)
-    if url.get_backend_name() != "postgresql":
+    if make_url(admin_url).get_backend_name() != "postgresql":
         raise BenchError("the replicas share one database: give a PostgreSQL URL")
-    plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(plain)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    db_url = url.set(database=name).render_as_string(hide_password=False)
-    try:
+    async with temporary_pg_database(admin_url, prefix="bench_") as db_url:
         await asyncio.to_thread(migrate, db_url)
         yield db_url
-    finally:
-        admin = await asyncpg.connect(plain)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @asynccontextmanager
@@ -163,31 +127,9 @@ async def redis_prefix(url: str) -> AsyncIterator[str]:
 @asynccontextmanager
 async def replica(name: str, env: dict[str, str], log_dir: Path) -> AsyncIterator[Replica]:
     """One server process; killed if the run leaves it running (normally it got SIGTERM)."""
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "server.py"),
-            "--port",
-            "0",
-            env={**env, "ASSISTANT_REPLICA_ID": name},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-            cwd=log_dir,
-        )
-    try:
-        assert process.stdout is not None
-        try:
-            line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_S)
-        except TimeoutError:
-            raise BenchError(f"{name} did not start; see {log_path}") from None
-        if not line.startswith(b"listening on ws://"):
-            raise BenchError(f"{name} did not start: {line!r}; see {log_path}")
-        yield Replica(name, process, line.decode().split()[-1], log_path)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    env = {**env, "ASSISTANT_REPLICA_ID": name}
+    async with server_process(env, log_dir / f"{name}.log", host=None, cwd=log_dir) as server:
+        yield Replica(name, server.process, server.url, server.log)
 
 
 async def scrape(rep: Replica) -> dict[str, float]:
@@ -277,15 +219,8 @@ async def chat(
 
 
 def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "gpu": "present" if Path("/dev/nvidia0").exists() else "none",
         "python": platform.python_version(),
@@ -295,7 +230,7 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    raise_fd_limit(args.connections * 2 + 512)
+    raise_file_limit(args.connections * 2 + 512)
     load_before = os.getloadavg()
     async with AsyncExitStack() as stack:
         db_url = await stack.enter_async_context(temporary_database(args.db_url))
@@ -375,8 +310,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "errors": sum(errors.values()),
             "errors_by_kind": dict(errors),
             "turns": len(latencies),
-            "turn_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
-            "turn_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+            "turn_p50_ms": round(percentile(latencies, 50) * 1000, 1),
+            "turn_p99_ms": round(percentile(latencies, 99) * 1000, 1),
             "turn_max_ms": round(max(latencies) * 1000, 1),
             "messages_per_s": round(len(latencies) / elapsed, 1),
             "chat_s": round(elapsed, 1),
@@ -412,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--connections, --messages and --replicas must be at least 1")
     try:
         report = asyncio.run(run(args))
-    except BenchError as exc:
+    except (BenchError, ServerFailed) as exc:
         print(f"load: {exc}", file=sys.stderr)
         return 1
     figures = report["figures"]

@@ -39,6 +39,8 @@ from sqlalchemy import insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import percentile
+
 from profiles import OperatorStore, Store, UserQuery, migrate
 from profiles.models import Profile, User
 
@@ -48,17 +50,12 @@ FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken"
 LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson"]
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def _fill(store: Store, users: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     now = datetime.now(UTC)
     ids: list[str] = []
     chunk = 5000
-    engine = store._engine
+    engine = store.transactions.engine
     for start in range(0, users, chunk):
         rows_u: list[dict[str, Any]] = []
         rows_p: list[dict[str, Any]] = []
@@ -117,7 +114,7 @@ async def _time(runs: int, call: Callable[[], Awaitable[int]]) -> tuple[float, f
         started = time.perf_counter()
         found = await call()
         samples.append((time.perf_counter() - started) * 1000.0)
-    return statistics.median(samples), _percentile(samples, 0.99), found
+    return statistics.median(samples), percentile(samples, 99), found
 
 
 async def _plan(store: Store, ops: OperatorStore, query: UserQuery) -> str:
@@ -131,7 +128,7 @@ async def _plan(store: Store, ops: OperatorStore, query: UserQuery) -> str:
             dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}
         )
     )
-    async with store._engine.connect() as conn:
+    async with store.transactions.engine.connect() as conn:
         rows = (await conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"))).all()
     return "; ".join(str(r[-1]) for r in rows)
 

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common import cpu_model  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
@@ -163,15 +164,6 @@ class Customer:
             self.totals.latencies_ms.append((time.perf_counter() - started) * 1000.0)
 
 
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
-
-
 def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
@@ -201,7 +193,7 @@ async def _sample(
 
 
 async def _run(args: argparse.Namespace) -> int:
-    machine = f"{_cpu_model()}, {os.cpu_count()} cores, {platform.platform()}"
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {platform.platform()}"
     print(f"machine: {machine}", flush=True)
     print(f"{args.sessions} sessions for {args.minutes} min, think time {args.think_s} s")
     with tempfile.TemporaryDirectory() as tmp:

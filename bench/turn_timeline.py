@@ -30,10 +30,7 @@ import atexit
 import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +42,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from common import bench_server_env, migrate_server_db  # noqa: E402
+
+from tests.support.server_process import ServerProcess  # noqa: E402
 
 TEXTS = (
     "Hi, my new card still hasn't arrived, it was supposed to come yesterday.",
@@ -207,59 +208,22 @@ async def _session(url: str, turns: int, pace_s: float, first: int) -> list[floa
     return latencies
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def _run(turns: int, pace_s: float, tmp: Path, tag: str) -> tuple[list[float], list[Event]]:
-    db = f"sqlite+aiosqlite:///{tmp / (tag + '.db')}"
     out = tmp / f"{tag}.json"
     env = {
-        **os.environ,
-        "ASSISTANT_DB_URL": db,
-        "ASSISTANT_RATE_CONNECTION_MESSAGES": "0",
-        "ASSISTANT_RATE_USER_MESSAGES": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
+        **bench_server_env(f"sqlite+aiosqlite:///{tmp / (tag + '.db')}"),
         "TIMELINE_OUT": str(out),
     }
-    await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, str(ROOT / "server.py"), "migrate"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
+    await asyncio.to_thread(migrate_server_db, env)
+    server = await ServerProcess.spawn(
+        env, tmp / f"{tag}.log", program=(sys.executable, __file__, "--serve")
     )
-    port = _free_port()
-    with (tmp / f"{tag}.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            __file__,
-            "--serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-        )
     try:
-        assert process.stdout is not None
-        async with asyncio.timeout(180):
-            while not (await process.stdout.readline()).startswith(b"listening on "):
-                if process.returncode is not None:
-                    raise RuntimeError(f"the server exited; see {tmp / (tag + '.log')}")
-        latencies = await _session(f"ws://127.0.0.1:{port}", turns, pace_s, WARMUP)
+        await server.listening()
+        latencies = await _session(server.url, turns, pace_s, WARMUP)
         await asyncio.sleep(0.3)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        await process.wait()
+        await server.stop()
     raw = json.loads(out.read_text(encoding="utf-8"))
     return latencies, [(float(at), str(name), key) for at, name, key in raw]
 

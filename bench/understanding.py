@@ -3,7 +3,7 @@
 One message at a time (the server's worst case: a lone request is its own batch), on the
 device `ASSISTANT_DEVICE` picks and, on a CPU, with the torch threads the server gives a lone
 request (`fusion.serving.ThreadPolicy`: half the usable cores unless `--lone-threads`); on a
-CPU the heads run as ONNX Runtime graphs on the calling thread (`fusion.heads_graph`). For
+CPU the heads run as ONNX Runtime graphs on the calling thread (`fusion.heads.graph`). For
 each message: the MiniLM embedding, then both heads (intent with a profile, emotion with
 the text for its lexical cues and speech features on every other message). Prints the
 p50/p90 of each and the target: the heads add <= 1 ms p50 per message over the encoder.
@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
+from common import percentile
 
 from fusion.device import select_device
+from fusion.heads import Understanding
 from fusion.serving import ThreadPolicy
 from fusion.text_encoder import TextEncoder
-from fusion.understanding import Understanding
 
 MESSAGES = [
     "My card payment was declined at the supermarket this morning.",
@@ -49,8 +50,8 @@ MESSAGES = [
 
 
 def _ms(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values) * 1000.0
-    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90))}
+    ms = [v * 1000.0 for v in values]
+    return {"p50": percentile(ms, 50), "p90": percentile(ms, 90)}
 
 
 def main(argv: list[str] | None = None) -> int:

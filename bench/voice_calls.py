@@ -65,7 +65,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
-from machine import cpu_model, load_average  # noqa: E402
+from common import BenchError, cpu_model, load_average, percentile  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, WebSocketException  # noqa: E402
 
@@ -162,10 +162,6 @@ SENTENCES: tuple[str, ...] = (
     "my card payment keeps failing at checkout",
     "how do I activate my new card",
 )
-
-
-class BenchError(RuntimeError):
-    """The run could not complete; the message says why."""
 
 
 # caller audio
@@ -495,10 +491,6 @@ class RunFigures:
         )
 
 
-def _pct(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values), q)) if values else None
-
-
 def figures(
     mode: str,
     route: str,
@@ -543,11 +535,11 @@ def figures(
         seconds=seconds,
         utterances=utterances,
         transcribed=len(transcript_lat),
-        eos_to_transcript_p50_s=_pct(transcript_lat, 50),
-        eos_to_transcript_p99_s=_pct(transcript_lat, 99),
+        eos_to_transcript_p50_s=percentile(transcript_lat, 50) if transcript_lat else None,
+        eos_to_transcript_p99_s=percentile(transcript_lat, 99) if transcript_lat else None,
         eos_to_transcript_max_s=max(transcript_lat) if transcript_lat else None,
-        eos_to_reply_audio_p50_s=_pct(reply_lat, 50),
-        eos_to_reply_audio_p99_s=_pct(reply_lat, 99),
+        eos_to_reply_audio_p50_s=percentile(reply_lat, 50) if reply_lat else None,
+        eos_to_reply_audio_p99_s=percentile(reply_lat, 99) if reply_lat else None,
         replies_with_audio=len(reply_lat),
         rtf_per_call_mean=float(np.mean(per_call)),
         rtf_per_call_max=float(np.max(per_call)),

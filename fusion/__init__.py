@@ -5,6 +5,7 @@ from fusion.audio import StreamResampler
 from fusion.batcher import BatcherConfig, BatcherStats, MicroBatcher, Overloaded
 from fusion.behaviour import EVENT_CATALOGUE, EventLike
 from fusion.device import select_device
+from fusion.heads import OUT_OF_SCOPE, SERVICE_EMOTIONS, UnderstandingResult
 from fusion.inference import FuseRequest, FuseResult, FusionInference
 from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_profile, update_state
 from fusion.serving import (
@@ -16,7 +17,6 @@ from fusion.serving import (
     TurnReading,
 )
 from fusion.text_encoder import EMBEDDING_DIM, TextEncoder, TextEncoderConfig
-from fusion.understanding import OUT_OF_SCOPE, SERVICE_EMOTIONS, UnderstandingResult
 from fusion.vad import (
     SpeechDiscarded,
     SpeechEnded,

@@ -27,7 +27,7 @@ from fusion.device import select_device
 from fusion.inference import WEIGHTS_PATH, FuseRequest, FuseResult, FusionInference
 from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_state
 from fusion.text_encoder import TextEncoder, TextEncoderConfig
-from fusion.understanding import Understanding, UnderstandingResult
+from fusion.heads import Understanding, UnderstandingResult
 
 Vector = npt.NDArray[np.float32]
 

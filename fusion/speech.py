@@ -1,9 +1,8 @@
 """Speech features for fusion: an ECAPA-TDNN utterance embedding plus standardized prosody.
 
 The encoder is SpeechBrain's `Fbank` front end and `ECAPA_TDNN`, randomly initialised and trained
-on RAVDESS by `fusion.training.speech_encoder`; its weights ship in
-`fusion/weights/speech_encoder.pt`
-(model card beside it). Nothing is fetched from a model hub.
+on RAVDESS by its trainer (training/speech_encoder.py); its weights ship in
+`fusion/weights/speech_encoder.pt` (model card beside it). Nothing is fetched from a model hub.
 
 The filterbank stops at 3.8 kHz: callers reach the assistant through the telephone network
 (8 kHz) as well as through 16 kHz microphones, and an encoder that never sees the band above
@@ -12,9 +11,8 @@ the telephone cut-off gives the same kind of embedding for both.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -23,12 +21,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
-from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from fusion.audio import TARGET_RATE, resample_to_16k, trim_silence
 from fusion.device import select_device
 from fusion.prosody import PROSODY_DIM, prosody_features
-from fusion.training.data_dir import default_data_dir
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -39,18 +35,6 @@ WEIGHTS_FORMAT: Final = 1
 # Standardized prosody is clipped so that one odd utterance cannot dominate a downstream layer.
 PROSODY_CLIP: Final = 5.0
 MAX_PAD_RATIO: Final = 1.05
-
-# RAVDESS emotion codes 01..08, in code order.
-EMOTIONS: Final = (
-    "neutral",
-    "calm",
-    "happy",
-    "sad",
-    "angry",
-    "fearful",
-    "disgust",
-    "surprised",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,76 +291,3 @@ class SpeechFeaturizer:
         prosody = np.stack([prosody_features(w) for w in prepared])  # [N, PROSODY_DIM]
         embeddings = embed_waves(self.encoder, prepared, self.device, self.batch_size)  # [N, EMB]
         return self.stats.combine(embeddings, prosody)
-
-
-@dataclass(frozen=True, slots=True)
-class RavdessClip:
-    file: str  # path relative to the data folder, as in labels.csv
-    emotion: str
-    actor: int
-
-
-def read_ravdess_index(data_dir: Path) -> list[RavdessClip]:
-    """The clips listed in `labels.csv`, in file order."""
-    with (data_dir / "labels.csv").open(newline="") as handle:
-        return [
-            RavdessClip(row["file"], row["emotion"], int(row["actor"]))
-            for row in csv.DictReader(handle)
-        ]
-
-
-def default_cache_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "var" / "cache"
-
-
-def default_ravdess_dir() -> Path:
-    root = default_data_dir()
-    if root is None:
-        raise RuntimeError("set ASSISTANT_DATA_DIR (the shared data folder) or pass a path")
-    return root / "ravdess_speech_16k_flac"
-
-
-def _chunks(items: Sequence[RavdessClip], size: int) -> Iterator[Sequence[RavdessClip]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def ravdess_features(
-    data_dir: Path,
-    featurizer: SpeechFeaturizer,
-    cache_dir: Path | None = None,
-    limit: int | None = None,
-    progress: bool = True,
-) -> tuple[FloatArray, list[str], npt.NDArray[np.int64], list[str]]:
-    """(X [N, SPEECH_DIM] float32, emotion labels, actor ids [N], files) for RAVDESS clips.
-
-    Cached under var/cache/ by the weights' hash and the clip list, so a retrained encoder never
-    reuses stale features. `limit` takes the first clips of labels.csv (for quick checks).
-    """
-    from fusion.audio import load_flac
-
-    clips = read_ravdess_index(data_dir)[:limit]
-    files = [c.file for c in clips]
-    key = hashlib.sha256(
-        "\n".join([featurizer.weights_sha256, str(WEIGHTS_FORMAT), *files]).encode()
-    ).hexdigest()[:20]
-    cache = (cache_dir or default_cache_dir()) / f"ravdess_speech_{key}.npz"
-    labels = [c.emotion for c in clips]
-    actors = np.asarray([c.actor for c in clips], dtype=np.int64)
-    if cache.exists():
-        with np.load(cache) as stored:
-            return stored["X"].astype(np.float32), labels, actors, files
-
-    parts: list[FloatArray] = []
-    chunk = max(1, featurizer.batch_size * 4)
-    with tqdm(total=len(clips), desc="RAVDESS speech features", disable=not progress) as bar:
-        for group in _chunks(clips, chunk):
-            loaded = [load_flac(data_dir / c.file) for c in group]
-            parts.append(featurizer.featurize_many([w for w, _ in loaded], [r for _, r in loaded]))
-            bar.update(len(group))
-    x = np.concatenate(parts) if parts else np.zeros((0, SPEECH_DIM), dtype=np.float32)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, X=x)
-    tmp.replace(cache)
-    return x, labels, actors, files

@@ -21,7 +21,7 @@ from profiles.operator_records import (
     UserQuery,
     UserSummary,
 )
-from profiles.operator_store import OperatorStore, top_k_cosine
+from profiles.operator_store import OperatorStore
 from profiles.records import (
     ConversationRecord,
     EventRecord,
@@ -35,6 +35,7 @@ from profiles.records import (
     TurnRecord,
     UserRecord,
 )
+from profiles.similarity import top_k_cosine
 from profiles.store import Store
 
 __all__ = [

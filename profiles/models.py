@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 typed models for the data model in DESIGN.md.
+"""SQLAlchemy 2 typed models: users, profiles, conversations, turns, events, operators, audit.
 
 Identifiers exposed to clients (users, conversations, turns) are random hex UUIDs so that
 one user cannot walk another's ids. Vectors are stored as little-endian float32 bytes,

@@ -1,25 +1,33 @@
 """The turn path's writes, shared by the turns of one transaction.
 
 With many sessions, the store's thread takes a batch of turns per transaction (group commit,
-`Store._run`). Executing a statement costs SQLAlchemy more CPU than SQLite takes to run it, so
+`Transactions.run`). Executing a statement costs SQLAlchemy more CPU than SQLite takes to run it, so
 the turns of a batch share each statement: one executemany per statement, not one execute per
 turn. Every write here is also a plain callable of a session, which runs it alone.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Self
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
 from profiles.errors import NotFound
-from profiles.models import new_id, utcnow
-from profiles.records import FinishedTurn, ProfileRecord, ProfileUpdate, TurnLabels, TurnRecord
+from profiles.models import Profile, Turn, new_id, utcnow
+from profiles.records import (
+    FinishedTurn,
+    ProfileRecord,
+    ProfileUpdate,
+    Role,
+    TurnLabels,
+    TurnRecord,
+)
 from profiles.rows import profile_record, to_bytes
+from profiles.transactions import Grouped
 from profiles.turn_statements import (
     INSERT_PROFILE,
     INSERT_SNAPSHOT,
@@ -36,13 +44,13 @@ from profiles.turn_statements import (
 
 __all__ = [
     "FinishTurn",
-    "Grouped",
     "InsertTurn",
     "ProfileChange",
     "ProfileWrite",
     "counted",
+    "label_turn",
+    "new_turn",
     "note_user_labels",
-    "run_together",
     "write_profiles",
 ]
 
@@ -51,41 +59,31 @@ __all__ = [
 ProfileChange = ProfileUpdate | Callable[[ProfileRecord | None], ProfileUpdate]
 
 
-class Grouped(ABC):
-    """Work that runs together with the other work of its kind in a transaction."""
-
-    @classmethod
-    @abstractmethod
-    def run_group(cls, session: Session, items: Sequence[Self]) -> list[Any]:
-        """Each item's result, in order. Raises when any item fails: the caller then runs
-        each alone to learn which."""
-
-    def __call__(self, session: Session) -> Any:
-        return self.run_group(session, [self])[0]
-
-
-def run_together(session: Session, works: Sequence[Callable[[Session], Any]]) -> list[Any]:
-    """Each work's result, in order. The `Grouped` works of a kind run as one group where the
-    first of them stands: they arrived together, so any order among them is one they could
-    have run in."""
-    groups: dict[type[Grouped], list[Grouped]] = {}
-    positions: dict[type[Grouped], list[int]] = {}
-    for i, work in enumerate(works):
-        if isinstance(work, Grouped):
-            groups.setdefault(type(work), []).append(work)
-            positions.setdefault(type(work), []).append(i)
-    results: list[Any] = [None] * len(works)
-    for i, work in enumerate(works):
-        if not isinstance(work, Grouped):
-            results[i] = work(session)
-            continue
-        members = groups.pop(type(work), None)
-        if members is None:
-            continue  # ran with the first of its kind
-        values = type(work).run_group(session, members)
-        for j, value in zip(positions[type(work)], values, strict=True):
-            results[j] = value
-    return results
+def new_turn(
+    conversation_id: str,
+    user_id: str,
+    role: Role,
+    text: str,
+    *,
+    created_at: datetime,
+    client_id: str | None = None,
+    latency_ms: float | None = None,
+) -> TurnRecord:
+    """A turn not yet stored, with a new id and no labels."""
+    return TurnRecord(
+        id=new_id(),
+        conversation_id=conversation_id,
+        user_id=user_id,
+        role=role,
+        client_id=client_id,
+        text=text,
+        intent=None,
+        intent_confidence=None,
+        emotion=None,
+        emotion_scores=None,
+        latency_ms=latency_ms,
+        created_at=created_at,
+    )
 
 
 def counted(histogram: dict[str, Any], intent: str | None) -> dict[str, Any]:
@@ -113,6 +111,23 @@ def note_user_labels(session: Session, labelled: Sequence[tuple[str, TurnLabels]
             by_columns.setdefault(tuple(sorted(values)), []).append({"b_id": user_id, **values})
     for rows in by_columns.values():
         session.execute(UPDATE_USER, rows)
+
+
+def label_turn(session: Session, turn_id: str, labels: TurnLabels) -> None:
+    """The models' labels on a user turn that gets no reply, with the user columns and intent
+    counts that follow them; the profile vector stays."""
+    turn = session.get(Turn, turn_id)
+    if turn is None:
+        raise NotFound(turn_id)
+    turn.intent = labels.intent
+    turn.intent_confidence = labels.intent_confidence
+    turn.emotion = labels.emotion
+    turn.emotion_scores = labels.emotion_scores
+    note_user_labels(session, [(turn.user_id, labels)])
+    if labels.intent is not None:
+        row = session.get(Profile, turn.user_id)
+        if row is not None:
+            row.intent_histogram = counted(row.intent_histogram or {}, labels.intent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,19 +294,13 @@ class FinishTurn(Grouped):
             session.execute(LABEL_TURNS, [item._label_row() for item in items])
         now = utcnow()
         replies = [
-            TurnRecord(
-                id=new_id(),
-                conversation_id=owners[item.user_turn_id][0],
-                user_id=owners[item.user_turn_id][1],
-                role="assistant",
-                client_id=None,
-                text=item.reply_text,
-                intent=None,
-                intent_confidence=None,
-                emotion=None,
-                emotion_scores=None,
-                latency_ms=item.latency_ms,
+            new_turn(
+                owners[item.user_turn_id][0],
+                owners[item.user_turn_id][1],
+                "assistant",
+                item.reply_text,
                 created_at=now,
+                latency_ms=item.latency_ms,
             )
             for item in items
         ]

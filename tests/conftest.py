@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 from websockets.asyncio.client import ClientConnection, connect
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,32 +26,10 @@ from assistant import Models, ResponseGenerator, Settings, load_models, migrate_
 from assistant.app.runtime import build_generator
 from profiles import Store
 from server import RunningServer, running
+from tests.support.databases import temporary_pg_database
 
 PG_URL_ENV = "ASSISTANT_TEST_PG_URL"
 RECV_TIMEOUT_S = 30.0
-
-
-@asynccontextmanager
-async def temporary_pg_database(admin_url: str) -> AsyncIterator[str]:
-    """Create an empty database next to `admin_url`'s, yield its URL, drop it afterwards."""
-    import asyncpg
-
-    url = make_url(admin_url)
-    plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(plain)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        admin = await asyncpg.connect(plain)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 def pg_admin_url() -> str:

@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from assistant import issue_token
-from assistant.chat.session import _Deltas
+from assistant.chat.turns import _Deltas
 from fusion import OUT_OF_SCOPE, SERVICE_EMOTIONS
 from server import RunningServer
 from tests.conftest import Client, ClientFactory, ServerFactory

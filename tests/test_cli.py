@@ -106,11 +106,11 @@ def test_train_lists_trainers_and_passes_their_options(tmp_path: Path) -> None:
     assert fusion.returncode == 0 and "--folds" in fusion.stdout
 
 
-def test_refuse_on_a_fresh_database(tmp_path: Path) -> None:
+def test_re_fuse_on_a_fresh_database(tmp_path: Path) -> None:
     env = _env(tmp_path)
     subprocess.run([str(ASSISTANT), "migrate"], env=env, check=True, capture_output=True)
     done = subprocess.run(
-        [str(ASSISTANT), "refuse"], env=env, capture_output=True, text=True, timeout=300
+        [str(ASSISTANT), "re-fuse"], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("re-fused 0 profiles of 0 users")

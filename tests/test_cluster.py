@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -39,13 +38,13 @@ from assistant.cluster.messages import (
     encode_message,
     encode_snapshot,
 )
-from tests.conftest import ServerFactory, pg_admin_url, temporary_pg_database
+from tests.conftest import ServerFactory, pg_admin_url
+from tests.support.databases import temporary_pg_database
 from tests.support.operator_helpers import OperatorClient
+from tests.support.server_process import server_process
 from tests.support.tcp_proxy import TcpProxy
 
-ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL_ENV = "ASSISTANT_TEST_REDIS_URL"
-START_TIMEOUT_S = 120.0
 RECV_TIMEOUT_S = 30.0
 
 # What the user and the operator say: none of it may reach the logs.
@@ -81,27 +80,9 @@ class Replica:
 @asynccontextmanager
 async def replica(name: str, env: dict[str, str], tmp_path: Path) -> AsyncIterator[Replica]:
     """`python server.py --port 0` as its own process; killed if the test leaves it running."""
-    log_path = tmp_path / f"{name}.log"
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "server.py"),
-            "--port",
-            "0",
-            env={**env, "ASSISTANT_REPLICA_ID": name},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-            cwd=tmp_path,
-        )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_S)
-        assert line.startswith(b"listening on ws://"), (line, log_path.read_text())
-        yield Replica(name, process, line.decode().split()[-1], log_path)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    env = {**env, "ASSISTANT_REPLICA_ID": name}
+    async with server_process(env, tmp_path / f"{name}.log", host=None, cwd=tmp_path) as server:
+        yield Replica(name, server.process, server.url, server.log)
 
 
 class User:

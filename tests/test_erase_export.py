@@ -44,7 +44,7 @@ async def _seed(store: Store, ops: OperatorStore, external_id: str) -> str:
 
 async def _rows(store: Store) -> dict[str, list[dict[str, Any]]]:
     tables: dict[str, list[dict[str, Any]]] = {}
-    async with store._tx() as session:
+    async with store.transactions.tx() as session:
         for table in Base.metadata.sorted_tables:
             result = await session.execute(select(table))
             tables[table.name] = [dict(row._mapping) for row in result]

@@ -294,7 +294,7 @@ def test_same_seed_same_result() -> None:
 
 
 def test_training_loop_is_deterministic() -> None:
-    from fusion.training.fusion_model import SessionTensors, TrainConfig, train_model
+    from fusion.training.fusion_model.fit import SessionTensors, TrainConfig, train_model
 
     text, speech, beh, masks = inputs()
     data = SessionTensors(

@@ -17,7 +17,8 @@ from websockets.asyncio.client import connect
 
 from assistant import migrate_database
 from server import RunningServer
-from tests.conftest import Client, ServerFactory, pg_admin_url, temporary_pg_database
+from tests.conftest import Client, ServerFactory, pg_admin_url
+from tests.support.databases import temporary_pg_database
 from tests.support.operator_helpers import make_operator, operator_client
 from tests.support.tcp_proxy import TcpProxy
 

@@ -5,28 +5,24 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Any
 
 import pytest
 
 from assistant.chat.protocol import (
     MAX_EVENTS_PER_FRAME,
-    MAX_TEXT_CHARS,
     Ack,
     Audio,
-    EmotionLabel,
     ErrorCode,
     ErrorFrame,
     Event,
     Events,
     Hello,
-    IntentLabel,
     Message,
     OperatorJoined,
     OperatorLeft,
     OperatorMessage,
-    Ping,
-    Pong,
     ProtocolError,
     Reply,
     ReplyDelta,
@@ -36,6 +32,9 @@ from assistant.chat.protocol import (
     serialize,
     to_dict,
 )
+from assistant.core.wire import MAX_TEXT_CHARS, EmotionLabel, IntentLabel, Ping, Pong, WireCode
+from assistant.operators.protocol import OperatorErrorCode
+from assistant.voice.protocol import VoiceErrorCode
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 SESSION_ID = "0123456789abcdef0123456789abcdef"
@@ -684,3 +683,10 @@ def test_serialize_is_compact_json_of_to_dict(frame: ServerFrame) -> None:
 def test_serialize_keeps_non_ascii() -> None:
     text = serialize(OperatorMessage(text="Grüße 😀"), 1)
     assert text == '{"type":"operator.message","seq":1,"text":"Grüße 😀"}'
+
+
+@pytest.mark.parametrize("codes", [ErrorCode, OperatorErrorCode, VoiceErrorCode])
+def test_every_route_has_the_shared_refusals(codes: type[StrEnum]) -> None:
+    """The shared reader refuses with these; each route's parser maps them onto its codes."""
+    for code in WireCode:
+        assert codes(code).value == code.value

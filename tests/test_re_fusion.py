@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from assistant import Models
-from assistant.app.re_fusion import refuse_profiles, replay_plan
+from assistant.app.re_fusion import re_fuse_profiles, replay_plan
 from profiles import EventRecord, NewEvent, Store, TurnRecord
 
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -70,12 +70,14 @@ async def _seed(store: Store) -> list[str]:
     return users
 
 
-async def test_refuse_rebuilds_every_profile_deterministically(db_url: str, models: Models) -> None:
+async def test_re_fuse_rebuilds_every_profile_deterministically(
+    db_url: str, models: Models
+) -> None:
     store = Store.open(db_url)
     try:
         users = await _seed(store)
         pages: list[int] = []
-        report = await refuse_profiles(store, models, page=2, progress=pages.append)
+        report = await re_fuse_profiles(store, models, page=2, progress=pages.append)
         assert (report.users, report.profiles, report.observations) == (4, 3, 6)
         assert sum(pages) == 4 and len(pages) == 2
         first = {}
@@ -88,7 +90,7 @@ async def test_refuse_rebuilds_every_profile_deterministically(db_url: str, mode
             snapshots = await store.list_snapshots(user_id)
             assert [s.reason for s in snapshots] == ["refuse"]
             first[user_id] = profile.vector
-        await refuse_profiles(store, models)
+        await re_fuse_profiles(store, models)
         for user_id in users:
             again = await store.get_profile(user_id)
             assert again is not None

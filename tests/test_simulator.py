@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from fusion.behaviour import EVENT_CATALOGUE
+from fusion.heads.labels import RAVDESS, RAVDESS_TO_SERVICE, SERVICE_EMOTIONS
 from fusion.training.simulator import (
+    Benchmark,
+    SimulatorConfig,
+    clip_emotion,
+    measure_confusion_groups,
+    simulate,
+)
+from fusion.training.simulator_tables import (
     AMBIGUOUS_GROUPS,
     BACKGROUND,
     EMOTION_CUES,
@@ -19,15 +27,10 @@ from fusion.training.simulator import (
     EMOTIONS,
     INTENT_PATTERNS,
     PROBLEM_INTENTS,
-    RAVDESS_TO_EMOTION,
-    Benchmark,
-    SimulatorConfig,
-    measure_confusion_groups,
-    simulate,
+    SERVICE_TO_EMOTION,
 )
 
 INTENTS = tuple(sorted(INTENT_PATTERNS))
-RAVDESS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 CONFIG = SimulatorConfig(n_sessions=3000)
 
 
@@ -60,9 +63,19 @@ def test_constants_are_consistent() -> None:
         spec = EVENT_CATALOGUE[step.name]
         assert set(step.props) <= set(spec.key_props), step
         assert 0 < step.hours[0] < step.hours[1]
-    assert set(RAVDESS_TO_EMOTION.values()) == set(EMOTIONS)
+    assert {clip_emotion(e) for e in RAVDESS} - {None} == set(EMOTIONS)
     for prior in EMOTION_PRIOR.values():
         assert len(prior) == len(EMOTIONS) and abs(sum(prior) - 1) < 1e-9
+
+
+def test_clips_map_to_emotions_through_the_heads_mapping() -> None:
+    assert set(EMOTIONS) <= set(SERVICE_EMOTIONS)
+    assert set(SERVICE_TO_EMOTION) <= set(SERVICE_EMOTIONS)
+    assert set(SERVICE_TO_EMOTION.values()) == set(EMOTIONS)
+    for label in RAVDESS:
+        assert clip_emotion(label) == SERVICE_TO_EMOTION.get(RAVDESS_TO_SERVICE[label])
+    # The fusion weights were trained on these: disgust (frustrated) as angry, no surprised.
+    assert clip_emotion("disgust") == "angry" and clip_emotion("surprised") is None
 
 
 def test_same_seed_same_sessions() -> None:
@@ -99,7 +112,7 @@ def test_speech_matches_the_session_emotion_and_text_the_intent() -> None:
     for s in bench().sessions:
         assert utterances[s.text_index] == s.intent
         if s.speech_index >= 0:
-            assert RAVDESS_TO_EMOTION[emotions[s.speech_index]] == EMOTIONS[s.emotion]
+            assert clip_emotion(emotions[s.speech_index]) == EMOTIONS[s.emotion]
             assert emotions[s.speech_index] != "surprised"
         assert all(e.occurred_at <= s.now for e in s.events)
         assert list(s.events) == sorted(s.events, key=lambda e: e.occurred_at)

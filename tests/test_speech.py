@@ -20,17 +20,17 @@ from fusion.audio import (
     to_float_mono,
     trim_silence,
 )
+from fusion.heads.labels import RAVDESS
 from fusion.prosody import PROSODY_DIM, PROSODY_NAMES, prosody_features
 from fusion.speech import (
     EMBEDDING_DIM,
-    EMOTIONS,
     SPEECH_DIM,
     WEIGHTS_PATH,
     SpeechConfig,
     SpeechEncoder,
     SpeechFeaturizer,
-    ravdess_features,
 )
+from fusion.training.ravdess import ravdess_features
 from tests.support.speech_helpers import ravdess_dir
 
 
@@ -215,7 +215,7 @@ def test_ravdess_smoke(featurizer: SpeechFeaturizer, tmp_path: Path) -> None:
     )
     assert x.shape == (4, SPEECH_DIM) and x.dtype == np.float32
     assert np.all(np.isfinite(x))
-    assert len(labels) == len(files) == 4 and set(labels) <= set(EMOTIONS)
+    assert len(labels) == len(files) == 4 and set(labels) <= set(RAVDESS)
     assert actors.shape == (4,) and np.all(actors >= 1)
     assert all((data_dir / f).exists() for f in files)
     # Different clips, different vectors.

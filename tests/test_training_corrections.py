@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from assistant.app.training import export_corrections
+from fusion.heads.labels import GOEMOTIONS_TO_SERVICE, OUT_OF_SCOPE
 from fusion.training.corrections import (
     Correction,
     emotion_rows,
@@ -20,7 +21,6 @@ from fusion.training.corrections import (
     read_corrections,
     write_corrections,
 )
-from fusion.understanding import GOEMOTIONS_TO_SERVICE, OUT_OF_SCOPE
 from profiles import OperatorStore, ProfileUpdate, Store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,8 +17,9 @@ from profiles import NotFound, ProfileRecord, ProfileUpdate, Store, TurnLabels
 from profiles.engine import create_engine
 from profiles.models import User, new_id, utcnow
 from profiles.records import TurnRecord
+from profiles.transactions import run_together
 from profiles.turn_statements import turn_row
-from profiles.turn_writes import FinishTurn, InsertTurn, run_together
+from profiles.turn_writes import FinishTurn, InsertTurn
 
 T = TypeVar("T")
 

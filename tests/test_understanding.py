@@ -13,47 +13,40 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fusion import heads_graph
-from fusion.heads_graph import quantize_blocks
-from fusion.training.heads import (
-    FitConfig,
-    fit_member,
-    load_banking77,
-    load_clinc_oos,
-    load_goemotions,
-    one_hot,
-    single_label,
-    soft_targets,
-)
-from fusion.understanding import (
+from fusion.heads import Understanding
+from fusion.heads.checkpoint import (
     EMOTION_WEIGHTS,
+    INTENT_WEIGHTS,
+    IntentArtifact,
+    load_emotion,
+    load_intent,
+    save_emotion,
+    save_intent,
+)
+from fusion.heads.graph import quantize_blocks
+from fusion.heads.labels import (
     GOEMOTIONS_TO_EKMAN,
     GOEMOTIONS_TO_SERVICE,
-    INTENT_WEIGHTS,
     OUT_OF_SCOPE,
     RAVDESS,
     RAVDESS_TO_SERVICE,
     SERVICE_EMOTIONS,
+    mapping_matrix,
+)
+from fusion.heads.lexical import lexical_batch, lexical_ids, lexical_tokens
+from fusion.heads.modules import (
     EmotionModel,
     EnsembleConfig,
     EnsembleMLP,
     FiLMConfig,
-    IntentArtifact,
     IntentModel,
     LexicalBag,
     LexiconConfig,
-    Understanding,
-    expected_calibration_error,
-    fit_temperature,
-    lexical_batch,
-    lexical_ids,
-    lexical_tokens,
-    load_emotion,
-    load_intent,
-    mapping_matrix,
-    save_emotion,
-    save_intent,
 )
+from fusion.training.calibration import expected_calibration_error, fit_temperature
+from fusion.training.data import load_banking77, load_clinc_oos, load_goemotions
+from fusion.training.heads.members import FitConfig, fit_member, one_hot, soft_targets
+from fusion.training.heads.scores import single_label
 
 INTENTS = (*(f"intent_{i}" for i in range(77)), OUT_OF_SCOPE)
 
@@ -305,8 +298,8 @@ def _data_dir() -> Path:
 
 def test_data_sets_load_with_the_expected_counts_and_labels() -> None:
     data = _data_dir()
-    train, intents = load_banking77(data, "train")
-    assert len(train.texts) == 10_003 and len(intents) == 77
+    train = load_banking77(data, "train")
+    assert len(train.texts) == 10_003 and len(train.intents) == 77
     assert len(load_clinc_oos(data, "oos_test")) == 1000
     go = load_goemotions(data, "dev")
     assert len(go.texts) == 5426
@@ -495,7 +488,7 @@ def test_a_batch_of_long_messages_runs_in_slices_with_the_same_results(
     text = _unit(5, 384, 40)
     texts = [" ".join(f"word{j}" for j in range(i * 40)) for i in range(5)]
     whole = heads.predict_many(text, None, None, texts)
-    monkeypatch.setattr(heads_graph, "_GATHER_BYTES", 1)  # one message per run
+    monkeypatch.setattr("fusion.heads.graph._GATHER_BYTES", 1)  # one message per run
     sliced = heads.predict_many(text, None, None, texts)
     for a, b in zip(whole, sliced, strict=True):
         assert (a.intent, a.emotion) == (b.intent, b.emotion)

@@ -528,7 +528,7 @@ async def test_twilio_invalid_base64_is_ignored_with_one_log_line(
     line = CALLER_LINES[6]
     audio = caller_audio[line]
     half = len(audio) // 2 // TWILIO_FRAME * TWILIO_FRAME
-    with caplog.at_level(logging.DEBUG, logger="assistant.voice.service"):
+    with caplog.at_level(logging.DEBUG, logger="assistant.voice.twilio"):
         async with twilio_call(server) as peer:
             await peer.begin({"external_id": "caller-base64"})
             await peer.stream(audio[:half], pace=False)

@@ -12,10 +12,10 @@ from fusion.asr import AsrConfig, SpeechRecognizer
 from fusion.device import select_device
 from fusion.prosody import PROSODY_DIM
 from fusion.speech import SPEECH_DIM, SpeechFeaturizer
+from fusion.training.ravdess import ravdess_voice_features
 from fusion.voice_emotion import (
     ENCODER_DIM,
     VOICE_EMOTION_DIM,
-    ravdess_voice_features,
     telephone_copy,
     voice_emotion_vector,
 )

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from assistant.chat.protocol import EmotionLabel, ErrorCode, IntentLabel
+from assistant.chat.protocol import ErrorCode
+from assistant.core.wire import EmotionLabel, IntentLabel
 from assistant.voice.protocol import (
     MAX_PARAMETERS,
     MediaFormat,

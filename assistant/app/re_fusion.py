@@ -1,10 +1,11 @@
-"""Re-fusing stored profiles when the fusion model changes (`assistant refuse`).
+"""Re-fusing stored profiles when the fusion model changes (`assistant re-fuse`).
 
 Every profile is rebuilt from what is stored about its user, replayed in time order: each
 run of behaviour events between two messages is one behaviour observation, each message is
 a text observation with the events before it. Texts are encoded and observations fused in
 large batches across users; the time-decayed update then runs per user, and the new vector
-is written with the current model version and a snapshot whose reason is "refuse".
+is written with the current model version and a snapshot whose reason is "refuse" (the value
+stored since the first re-fuse, which operators' contribution trends show).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from datetime import datetime
 
 from tqdm import tqdm
 
+from assistant.app.runtime import load_models
+from assistant.app.settings import Settings
 from fusion import FuseRequest, FuseResult, FusionRuntime, ProfileState
 from profiles import EventRecord, ProfileUpdate, Store, TurnRecord
 
@@ -58,21 +61,21 @@ def _window(events: Sequence[EventRecord], upto: int, max_events: int) -> tuple[
 
 
 @dataclass(frozen=True, slots=True)
-class RefuseReport:
+class ReFuseReport:
     users: int
     profiles: int
     observations: int
     model_version: str
 
 
-async def refuse_profiles(
+async def re_fuse_profiles(
     store: Store,
     models: FusionRuntime,
     *,
     page: int = 256,
     batch: int = 256,
     progress: Callable[[int], None] | None = None,
-) -> RefuseReport:
+) -> ReFuseReport:
     """Rebuild every stored profile with the loaded fusion model, `page` users at a time."""
     users = profiles = observations = 0
     after: str | None = None
@@ -109,7 +112,7 @@ async def refuse_profiles(
         observations += len(steps)
         if progress is not None:
             progress(len(ids))
-    return RefuseReport(users, profiles, observations, models.model_version)
+    return ReFuseReport(users, profiles, observations, models.model_version)
 
 
 def _fuse_all(models: FusionRuntime, steps: Sequence[Step], batch: int) -> list[FuseResult]:
@@ -131,8 +134,18 @@ def _fuse_all(models: FusionRuntime, steps: Sequence[Step], batch: int) -> list[
     return results
 
 
-async def refuse_all(store: Store, models: FusionRuntime, *, page: int = 256) -> RefuseReport:
-    """`refuse_profiles` with a progress bar over users, for the command line."""
+async def re_fuse_all(store: Store, models: FusionRuntime, *, page: int = 256) -> ReFuseReport:
+    """`re_fuse_profiles` with a progress bar over users, for the command line."""
     total = await store.count_users()
     with tqdm(total=total, desc="re-fusing profiles", unit="user") as bar:
-        return await refuse_profiles(store, models, page=page, batch=page, progress=bar.update)
+        return await re_fuse_profiles(store, models, page=page, batch=page, progress=bar.update)
+
+
+async def re_fuse_database(settings: Settings) -> ReFuseReport:
+    """Rebuild every stored profile with the shipped fusion model (`assistant re-fuse`)."""
+    models = load_models(settings)
+    store = Store.open(settings.db_url)
+    try:
+        return await re_fuse_all(store, models)
+    finally:
+        await store.close()

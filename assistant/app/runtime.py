@@ -12,10 +12,9 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
-from assistant.app.re_fusion import RefuseReport, refuse_all
 from assistant.app.settings import Settings
-from assistant.chat.connection import ChatConfig, ChatService
 from assistant.chat.rate_limits import RateLimiter
+from assistant.chat.service import ChatConfig, ChatService
 from assistant.cluster.replicas import Cluster, ClusterConfig
 from assistant.core.metrics import Metrics
 from assistant.operators.service import OperatorService
@@ -63,16 +62,6 @@ def fusion_config(settings: Settings) -> FusionConfig:
         lone_threads=settings.lone_threads,
         batch_workers=settings.batch_workers,
     )
-
-
-async def refuse_database(settings: Settings) -> RefuseReport:
-    """Rebuild every stored profile with the shipped fusion model (`assistant refuse`)."""
-    models = load_models(settings)
-    store = Store.open(settings.db_url)
-    try:
-        return await refuse_all(store, models)
-    finally:
-        await store.close()
 
 
 def _load_local_model(path: str) -> TextGenerator:
@@ -192,8 +181,8 @@ class Runtime:
             await asyncio.to_thread(migrate, self.settings.db_url)
         if self.settings.widget_secret is None:
             log.warning("ASSISTANT_WIDGET_SECRET is not set: anonymous widget users are allowed")
-        if self.chat._generator is None:
-            self.chat.generator = await asyncio.to_thread(
+        if self.chat.turns.generator is None:
+            self.chat.turns.generator = await asyncio.to_thread(
                 build_generator, self.settings, self.models
             )
         self.models.start()

@@ -2,36 +2,43 @@
 
 `parse_client_frame` turns one text frame into a typed client event or a `ProtocolError`;
 it never raises. Server frames are frozen dataclasses that `serialize` writes with their
-`seq`. docs/protocol.md documents every frame; tests parse its examples with this module.
+`seq`. Ping, pong, the error frame's shape and the reading and writing of JSON are the ones
+every route shares (assistant.core.wire). docs/protocol.md documents every frame; tests parse
+its examples with this module.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    JsonValue,
-    Strict,
-    StringConstraints,
-    ValidationError,
-)
-from pydantic_core import ErrorDetails, from_json
+from pydantic import BeforeValidator, Field, JsonValue, Strict, StringConstraints
 
-MAX_TEXT_CHARS = 4000
+from assistant.core.wire import (
+    MAX_TEXT_CHARS,
+    EmotionLabel,
+    Frame,
+    FrameId,
+    HexId,
+    IntentLabel,
+    InvalidField,
+    Ping,
+    Pong,
+    Refused,
+    Timestamp,
+    WireError,
+    WireErrorFrame,
+    describe,
+    dumps,
+    frame_fields,
+    read_frame,
+)
+
 MAX_EVENTS_PER_FRAME = 100
-MAX_FRAME_BYTES = 64 * 1024
 # Events older than this or further in the future than the skew are refused as invalid.
 OLDEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_CLOCK_SKEW = timedelta(days=1)
@@ -56,24 +63,11 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolError:
-    code: ErrorCode
-    message: str
-    ref: str | None = None
+class ProtocolError(WireError[ErrorCode]):
+    __slots__ = ()
 
 
 # client frames
-
-ClientId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-SessionId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-
-
-def _rfc3339_text(value: object) -> object:
-    # Lax datetime parsing would take a bare number for Unix time; the contract says RFC 3339.
-    if not isinstance(value, str):
-        raise ValueError("must be an RFC 3339 date-time string with an offset")
-    return value
 
 
 def _base64_text(value: object) -> bytes:
@@ -85,46 +79,30 @@ def _base64_text(value: object) -> bytes:
         raise ValueError("is not valid base64") from None
 
 
-def _finite(value: object) -> bool:
-    """JSON has no NaN or Infinity; an overflowing literal like 1e400 would decode to inf."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
-
-
-class _Frame(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
-
-
-class UserInfo(_Frame):
-    external_id: ClientId
+class UserInfo(Frame):
+    external_id: FrameId
     name: Annotated[str, StringConstraints(max_length=200)] | None = None
     locale: Annotated[str, StringConstraints(max_length=35)] | None = None
 
 
-class Hello(_Frame):
+class Hello(Frame):
     type: Literal["hello"]
     token: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
     user: UserInfo | None = None
-    session_id: SessionId | None = None
+    session_id: HexId | None = None
     last_seq: Annotated[int, Field(ge=0, le=2**53)] | None = None
 
 
-class Message(_Frame):
+class Message(Frame):
     type: Literal["message"]
-    id: ClientId
+    id: FrameId
     text: Annotated[str, StringConstraints(min_length=1)]
 
 
-class EventItem(_Frame):
-    id: ClientId
+class EventItem(Frame):
+    id: FrameId
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    # RFC 3339 with an offset; lax only here so that JSON strings parse into datetimes.
-    at: Annotated[AwareDatetime, Strict(False), BeforeValidator(_rfc3339_text)]
+    at: Timestamp
     props: dict[str, JsonValue] = Field(default_factory=dict)
 
 
@@ -132,9 +110,9 @@ class Event(EventItem):
     type: Literal["event"]
 
 
-class Events(_Frame):
+class Events(Frame):
     type: Literal["events"]
-    id: ClientId | None = None
+    id: FrameId | None = None
     # Lax only for the container, so that a JSON array becomes a tuple; items stay strict.
     items: Annotated[
         tuple[EventItem, ...],
@@ -143,22 +121,17 @@ class Events(_Frame):
     ]
 
 
-class Audio(_Frame):
+class Audio(Frame):
     type: Literal["audio"]
-    id: ClientId
+    id: FrameId
     encoding: Literal["pcm16", "mulaw"]
     sample_rate: Literal[8000, 16000]
     data: Annotated[bytes, BeforeValidator(_base64_text)]
 
 
-class Ping(_Frame):
-    type: Literal["ping"]
-    id: ClientId | None = None
-
-
 ClientFrame = Hello | Message | Event | Events | Audio | Ping
 
-_CLIENT_TYPES: dict[str, type[_Frame]] = {
+_CLIENT_TYPES: dict[str, type[ClientFrame]] = {
     "hello": Hello,
     "message": Message,
     "event": Event,
@@ -166,19 +139,6 @@ _CLIENT_TYPES: dict[str, type[_Frame]] = {
     "audio": Audio,
     "ping": Ping,
 }
-
-
-def _describe(error: ErrorDetails) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "frame"
-    return f"{where}: {error['msg']}"
-
-
-def _validation_error(frame_type: str, exc: ValidationError, ref: str | None) -> ProtocolError:
-    first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-    loc = first["loc"]
-    if "at" in loc:
-        return ProtocolError(ErrorCode.INVALID_TIMESTAMP, _describe(first), ref)
-    return ProtocolError(ErrorCode.INVALID_FIELD, f"{frame_type}: {_describe(first)}", ref)
 
 
 def _check_times(
@@ -195,31 +155,20 @@ def _check_times(
     return None
 
 
+def _refusal(refused: Refused) -> ProtocolError:
+    return ProtocolError(ErrorCode(refused.code), refused.message, refused.ref)
+
+
 def parse_client_frame(text: str, *, now: datetime | None = None) -> ClientFrame | ProtocolError:
     """Parse one /chat text frame. Never raises: bad input becomes a ProtocolError."""
     try:
-        raw = from_json(text, allow_inf_nan=False)
-    except (ValueError, TypeError) as exc:
-        # TypeError: a str holding lone surrogates, which cannot be encoded at all.
-        return ProtocolError(ErrorCode.INVALID_JSON, f"not valid JSON: {exc}")
-    if not _finite(raw):
-        return ProtocolError(ErrorCode.INVALID_JSON, "not valid JSON: numbers must be finite")
-    if not isinstance(raw, dict):
-        return ProtocolError(ErrorCode.INVALID_FRAME, "a frame must be a JSON object")
-    ref = raw.get("id") if isinstance(raw.get("id"), str) else None
-    frame_type = raw.get("type")
-    if not isinstance(frame_type, str):
-        return ProtocolError(ErrorCode.INVALID_FRAME, "a frame needs a string 'type'", ref)
-    model = _CLIENT_TYPES.get(frame_type)
-    if model is None:
-        known = ", ".join(sorted(_CLIENT_TYPES))
-        return ProtocolError(
-            ErrorCode.UNKNOWN_TYPE, f"unknown type {frame_type[:64]!r}; known: {known}", ref
-        )
-    try:
-        frame = model.model_validate(raw)
-    except ValidationError as exc:
-        return _validation_error(frame_type, exc, ref)
+        frame, ref = read_frame(text, _CLIENT_TYPES, finite=True)
+    except InvalidField as refused:
+        if "at" in refused.error["loc"]:
+            return ProtocolError(ErrorCode.INVALID_TIMESTAMP, describe(refused.error), refused.ref)
+        return _refusal(refused)
+    except Refused as refused:
+        return _refusal(refused)
     if isinstance(frame, Message) and len(frame.text) > MAX_TEXT_CHARS:
         return ProtocolError(
             ErrorCode.TEXT_TOO_LONG,
@@ -231,23 +180,10 @@ def parse_client_frame(text: str, *, now: datetime | None = None) -> ClientFrame
         return _check_times((frame,), clock, ref) or frame
     if isinstance(frame, Events):
         return _check_times(frame.items, clock, ref) or frame
-    assert isinstance(frame, Hello | Message | Audio | Ping)
     return frame
 
 
 # server frames
-
-
-@dataclass(frozen=True, slots=True)
-class IntentLabel:
-    label: str
-    confidence: float
-
-
-@dataclass(frozen=True, slots=True)
-class EmotionLabel:
-    label: str
-    scores: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,22 +239,12 @@ class OperatorLeft:
     type: ClassVar[str] = "operator.left"
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorFrame:
-    type: ClassVar[str] = "error"
-    code: ErrorCode
-    message: str
-    ref: str | None = None
+class ErrorFrame(WireErrorFrame[ErrorCode]):
+    __slots__ = ()
 
     @classmethod
     def of(cls, error: ProtocolError) -> ErrorFrame:
         return cls(error.code, error.message, error.ref)
-
-
-@dataclass(frozen=True, slots=True)
-class Pong:
-    type: ClassVar[str] = "pong"
-    id: str | None = None
 
 
 ServerFrame = (
@@ -334,23 +260,10 @@ ServerFrame = (
 )
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, IntentLabel):
-        return {"label": value.label, "confidence": round(value.confidence, 4)}
-    if isinstance(value, EmotionLabel):
-        return {"label": value.label, "scores": {k: round(v, 4) for k, v in value.scores.items()}}
-    return value
-
-
 def to_dict(frame: ServerFrame, seq: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": frame.type, "seq": seq}
-    for name in frame.__slots__:
-        value = getattr(frame, name)
-        if value is not None:
-            out[name] = _plain(value)
-    return out
+    return {"type": frame.type, "seq": seq, **frame_fields(frame)}
 
 
 def serialize(frame: ServerFrame, seq: int) -> str:
     """One server frame as the text that goes on the wire."""
-    return json.dumps(to_dict(frame, seq), ensure_ascii=False, separators=(",", ":"))
+    return dumps(to_dict(frame, seq))

@@ -70,9 +70,12 @@ class Outbox:
         self._task = asyncio.create_task(self._close(code, reason), name="outbox-close")
 
     async def _close(self, code: int, reason: str) -> None:
-        # A peer already gone leaves nothing to close.
-        with contextlib.suppress(Exception):
+        try:
             await self._transport.close(code, reason)
+        except TransportClosed:
+            pass  # a peer already gone leaves nothing to close
+        except Exception:
+            log.exception("closing failed")
 
     def close_soon(self, code: int, reason: str) -> None:
         """Close the transport after the frames already queued have been sent."""

@@ -16,20 +16,23 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    Strict,
-    StringConstraints,
-    ValidationError,
-    model_validator,
-)
-from pydantic_core import ErrorDetails, from_json
+from pydantic import Field, StringConstraints, model_validator
 
-from assistant.chat.protocol import MAX_TEXT_CHARS
+from assistant.core.wire import (
+    MAX_TEXT_CHARS,
+    Frame,
+    FrameId,
+    HexId,
+    Ping,
+    Pong,
+    Refused,
+    Timestamp,
+    WireError,
+    WireErrorFrame,
+    dumps,
+    frame_fields,
+    read_frame,
+)
 
 MAX_SEARCH_LIMIT = 100
 
@@ -52,110 +55,89 @@ class OperatorErrorCode(StrEnum):
     INTERNAL = "internal"
 
 
-@dataclass(frozen=True, slots=True)
-class OperatorError:
-    code: OperatorErrorCode
-    message: str
-    ref: str | None = None
+class OperatorError(WireError[OperatorErrorCode]):
+    __slots__ = ()
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-HexId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Filter = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Moment = Annotated[AwareDatetime, Strict(False), BeforeValidator(lambda v: _text_only(v))]
 
 
-def _text_only(value: object) -> object:
-    if not isinstance(value, str):
-        raise ValueError("must be an RFC 3339 date-time string with an offset")
-    return value
-
-
-class _Frame(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
-
-
-class Auth(_Frame):
+class Auth(Frame):
     type: Literal["auth"]
-    id: Id | None = None
+    id: FrameId | None = None
     token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
-class Ping(_Frame):
-    type: Literal["ping"]
-    id: Id | None = None
-
-
-class Search(_Frame):
+class Search(Frame):
     type: Literal["profiles.search"]
-    id: Id
+    id: FrameId
     q: Filter | None = None
     emotion: Label | None = None
     intent: Label | None = None
-    seen_after: Moment | None = None
-    seen_before: Moment | None = None
+    seen_after: Timestamp | None = None
+    seen_before: Timestamp | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_SEARCH_LIMIT)] = 20
     cursor: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 
 
-class ProfileGet(_Frame):
+class ProfileGet(Frame):
     type: Literal["profile.get"]
-    id: Id
+    id: FrameId
     user_id: HexId
 
 
-class ProfileExport(_Frame):
+class ProfileExport(Frame):
     type: Literal["profile.export"]
-    id: Id
+    id: FrameId
     user_id: HexId
 
 
-class ProfileErase(_Frame):
+class ProfileErase(Frame):
     type: Literal["profile.erase"]
-    id: Id
+    id: FrameId
     user_id: HexId
 
 
-class SessionsList(_Frame):
+class SessionsList(Frame):
     type: Literal["sessions.list"]
-    id: Id
+    id: FrameId
 
 
-class SessionWatch(_Frame):
+class SessionWatch(Frame):
     type: Literal["session.watch"]
-    id: Id
+    id: FrameId
     session_id: HexId
 
 
-class SessionUnwatch(_Frame):
+class SessionUnwatch(Frame):
     type: Literal["session.unwatch"]
-    id: Id
+    id: FrameId
     session_id: HexId
 
 
-class SessionTakeover(_Frame):
+class SessionTakeover(Frame):
     type: Literal["session.takeover"]
-    id: Id
+    id: FrameId
     session_id: HexId
 
 
-class SessionSay(_Frame):
+class SessionSay(Frame):
     type: Literal["session.say"]
-    id: Id
+    id: FrameId
     session_id: HexId
     text: Annotated[str, StringConstraints(min_length=1)]
 
 
-class SessionRelease(_Frame):
+class SessionRelease(Frame):
     type: Literal["session.release"]
-    id: Id
+    id: FrameId
     session_id: HexId
 
 
-class TurnRelabel(_Frame):
+class TurnRelabel(Frame):
     type: Literal["turn.relabel"]
-    id: Id
+    id: FrameId
     turn_id: HexId
     intent: Label | None = None
     emotion: Label | None = None
@@ -167,21 +149,21 @@ class TurnRelabel(_Frame):
         return self
 
 
-class OperatorsList(_Frame):
+class OperatorsList(Frame):
     type: Literal["operators.list"]
-    id: Id
+    id: FrameId
 
 
-class OperatorsCreate(_Frame):
+class OperatorsCreate(Frame):
     type: Literal["operators.create"]
-    id: Id
+    id: FrameId
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     role: Literal["viewer", "agent", "admin"]
 
 
-class OperatorsRevoke(_Frame):
+class OperatorsRevoke(Frame):
     type: Literal["operators.revoke"]
-    id: Id
+    id: FrameId
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 
@@ -203,7 +185,7 @@ Command = (
 )
 OperatorFrame = Auth | Ping | Command
 
-_TYPES: dict[str, type[_Frame]] = {
+_TYPES: dict[str, type[OperatorFrame]] = {
     "auth": Auth,
     "ping": Ping,
     "profiles.search": Search,
@@ -224,44 +206,19 @@ _TYPES: dict[str, type[_Frame]] = {
 COMMAND_TYPES = frozenset(_TYPES) - {"auth", "ping"}
 
 
-def _describe(error: ErrorDetails) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "frame"
-    return f"{where}: {error['msg']}"
-
-
 def parse_operator_frame(text: str) -> OperatorFrame | OperatorError:
     """Parse one /operator text frame. Never raises: bad input becomes an OperatorError."""
     try:
-        raw = from_json(text, allow_inf_nan=False)
-    except (ValueError, TypeError) as exc:
-        return OperatorError(OperatorErrorCode.INVALID_JSON, f"not valid JSON: {exc}")
-    if not isinstance(raw, dict):
-        return OperatorError(OperatorErrorCode.INVALID_FRAME, "a frame must be a JSON object")
-    ref = raw.get("id") if isinstance(raw.get("id"), str) else None
-    frame_type = raw.get("type")
-    if not isinstance(frame_type, str):
-        return OperatorError(OperatorErrorCode.INVALID_FRAME, "a frame needs a string 'type'", ref)
-    model = _TYPES.get(frame_type)
-    if model is None:
-        return OperatorError(
-            OperatorErrorCode.UNKNOWN_TYPE,
-            f"unknown type {frame_type[:64]!r}; known: {', '.join(sorted(_TYPES))}",
-            ref,
-        )
-    try:
-        frame = model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-        return OperatorError(
-            OperatorErrorCode.INVALID_FIELD, f"{frame_type}: {_describe(first)}", ref
-        )
+        frame, ref = read_frame(text, _TYPES)
+    except Refused as refused:
+        return OperatorError(OperatorErrorCode(refused.code), refused.message, refused.ref)
     if isinstance(frame, SessionSay) and len(frame.text) > MAX_TEXT_CHARS:
         return OperatorError(
             OperatorErrorCode.TEXT_TOO_LONG,
             f"text has {len(frame.text)} characters; the limit is {MAX_TEXT_CHARS}",
             ref,
         )
-    return frame  # type: ignore[return-value]
+    return frame
 
 
 # search cursors: opaque to clients
@@ -296,12 +253,8 @@ class Result:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorReply:
-    type: ClassVar[str] = "error"
-    code: OperatorErrorCode
-    message: str
-    ref: str | None = None
+class ErrorReply(WireErrorFrame[OperatorErrorCode]):
+    __slots__ = ()
 
     @classmethod
     def of(cls, error: OperatorError) -> ErrorReply:
@@ -327,27 +280,14 @@ class SessionState:
     operator: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Pong:
-    type: ClassVar[str] = "pong"
-    id: str | None = None
-
-
 OperatorServerFrame = Result | ErrorReply | SessionTurn | SessionState | Pong
 
 
 def to_dict(frame: OperatorServerFrame, seq: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": frame.type, "seq": seq}
     if isinstance(frame, Result):
-        out["ref"] = frame.ref
-        out.update(frame.data)
-        return out
-    for name in frame.__slots__:
-        value = getattr(frame, name)
-        if value is not None:
-            out[name] = value
-    return out
+        return {"type": frame.type, "seq": seq, "ref": frame.ref, **frame.data}
+    return {"type": frame.type, "seq": seq, **frame_fields(frame)}
 
 
 def serialize(frame: OperatorServerFrame, seq: int) -> str:
-    return json.dumps(to_dict(frame, seq), ensure_ascii=False, separators=(",", ":"))
+    return dumps(to_dict(frame, seq))

@@ -33,7 +33,8 @@ import numpy as np
 import numpy.typing as npt
 
 from assistant.chat.protocol import ErrorFrame, OperatorMessage, Reply, ReplyDelta, ServerFrame
-from assistant.chat.session import ChatSession, PendingTurn
+from assistant.chat.session import ChatSession
+from assistant.chat.turns import PendingTurn
 from assistant.core.redaction import redact
 from assistant.voice.models import VoiceModels
 from assistant.voice.protocol import VoiceErrorCode

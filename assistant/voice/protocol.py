@@ -24,15 +24,21 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
-from pydantic_core import from_json
-
-from assistant.chat.protocol import EmotionLabel, IntentLabel
+from assistant.core.wire import (
+    MAX_ID_CHARS,
+    EmotionLabel,
+    IntentLabel,
+    Refused,
+    WireErrorFrame,
+    dumps,
+    frame_fields,
+    read_object,
+)
 
 TWILIO_ENCODING = "audio/x-mulaw"
 TWILIO_SAMPLE_RATE = 8000
 NATIVE_ENCODINGS = ("pcm16", "mulaw")
 NATIVE_SAMPLE_RATES = (8000, 16000)
-MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 200
 MAX_LOCALE_CHARS = 35
 MAX_TOKEN_CHARS = 4096
@@ -72,19 +78,10 @@ class VoiceError:
     kind: str | None = None
 
 
-class _Invalid(Exception):
-    """Raised inside this module only; the parsers turn it into a VoiceError."""
-
-    def __init__(self, code: VoiceErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _object(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = raw.get(name)
     if not isinstance(value, dict):
-        raise _Invalid(VoiceErrorCode.INVALID_FIELD, f"{name}: must be an object")
+        raise Refused(VoiceErrorCode.INVALID_FIELD, f"{name}: must be an object")
     return value
 
 
@@ -99,9 +96,9 @@ def _text(
     value = raw.get(name)
     label = f"{where}{name}"
     if not isinstance(value, str):
-        raise _Invalid(VoiceErrorCode.INVALID_FIELD, f"{label}: must be a string")
+        raise Refused(VoiceErrorCode.INVALID_FIELD, f"{label}: must be a string")
     if not min_chars <= len(value) <= max_chars:
-        raise _Invalid(
+        raise Refused(
             VoiceErrorCode.INVALID_FIELD,
             f"{label}: must hold {min_chars} to {max_chars} characters",
         )
@@ -124,35 +121,23 @@ def _counter(raw: Mapping[str, Any], name: str, *, where: str = "") -> int:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18:
         return value
-    raise _Invalid(VoiceErrorCode.INVALID_FIELD, f"{label}: must be a non-negative integer")
+    raise Refused(VoiceErrorCode.INVALID_FIELD, f"{label}: must be a non-negative integer")
 
 
 def _audio(value: object, label: str) -> bytes:
     if not isinstance(value, str):
-        raise _Invalid(VoiceErrorCode.INVALID_FIELD, f"{label}: must be a base64 string")
+        raise Refused(VoiceErrorCode.INVALID_FIELD, f"{label}: must be a base64 string")
     try:
         return base64.b64decode(value, validate=True)
     except ValueError:  # binascii.Error, or a non-ASCII character in the string
-        raise _Invalid(VoiceErrorCode.INVALID_AUDIO, f"{label}: is not valid base64") from None
+        raise Refused(VoiceErrorCode.INVALID_AUDIO, f"{label}: is not valid base64") from None
 
 
 def _digit(raw: Mapping[str, Any], name: str, where: str) -> str:
     value = raw.get(name)
     if not isinstance(value, str) or not _DIGIT.match(value):
-        raise _Invalid(
-            VoiceErrorCode.INVALID_FIELD, f"{where}{name}: must be one of 0-9, *, #, A-D"
-        )
+        raise Refused(VoiceErrorCode.INVALID_FIELD, f"{where}{name}: must be one of 0-9, *, #, A-D")
     return value
-
-
-def _load(text: str | bytes) -> dict[str, Any]:
-    try:
-        raw = from_json(text, allow_inf_nan=False)
-    except (ValueError, TypeError) as exc:
-        raise _Invalid(VoiceErrorCode.INVALID_JSON, f"not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise _Invalid(VoiceErrorCode.INVALID_FRAME, "a frame must be a JSON object")
-    return raw
 
 
 # Twilio Media Streams: inbound
@@ -226,15 +211,15 @@ def _media_format(raw: Mapping[str, Any]) -> MediaFormat:
     encoding = _text(fmt, "encoding", where="start.mediaFormat.")
     rate, channels = fmt.get("sampleRate"), fmt.get("channels")
     if not isinstance(rate, int) or isinstance(rate, bool):
-        raise _Invalid(
+        raise Refused(
             VoiceErrorCode.INVALID_FIELD, "start.mediaFormat.sampleRate: must be an integer"
         )
     if not isinstance(channels, int) or isinstance(channels, bool):
-        raise _Invalid(
+        raise Refused(
             VoiceErrorCode.INVALID_FIELD, "start.mediaFormat.channels: must be an integer"
         )
     if (encoding, rate, channels) != (TWILIO_ENCODING, TWILIO_SAMPLE_RATE, 1):
-        raise _Invalid(
+        raise Refused(
             VoiceErrorCode.UNSUPPORTED_AUDIO,
             f"mediaFormat {encoding} {rate} Hz x{channels}: "
             f"expected {TWILIO_ENCODING} {TWILIO_SAMPLE_RATE} Hz mono",
@@ -247,13 +232,13 @@ def _parameters(raw: Mapping[str, Any]) -> dict[str, str]:
     if params is None:
         return {}
     if not isinstance(params, dict) or len(params) > MAX_PARAMETERS:
-        raise _Invalid(
+        raise Refused(
             VoiceErrorCode.INVALID_FIELD,
             f"start.customParameters: must be an object of at most {MAX_PARAMETERS} strings",
         )
     for key, value in params.items():
         if not isinstance(value, str) or len(value) > MAX_PARAMETER_CHARS:
-            raise _Invalid(
+            raise Refused(
                 VoiceErrorCode.INVALID_FIELD,
                 f"start.customParameters.{key[:64]}: must be a string of at most "
                 f"{MAX_PARAMETER_CHARS} characters",
@@ -265,7 +250,7 @@ def _twilio_start(raw: Mapping[str, Any]) -> TwilioStart:
     start = _object(raw, "start")
     tracks = start.get("tracks")
     if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
-        raise _Invalid(VoiceErrorCode.INVALID_FIELD, "start.tracks: must be a list of strings")
+        raise Refused(VoiceErrorCode.INVALID_FIELD, "start.tracks: must be a list of strings")
     return TwilioStart(
         sequence_number=_counter(raw, "sequenceNumber"),
         stream_sid=_text(raw, "streamSid"),
@@ -319,21 +304,21 @@ def _twilio_frame(event: str, raw: Mapping[str, Any]) -> TwilioFrame:
             _text(stop, "accountSid", where="stop."),
             _text(stop, "callSid", where="stop."),
         )
-    raise _Invalid(VoiceErrorCode.UNKNOWN_TYPE, f"unknown event {event[:64]!r}")
+    raise Refused(VoiceErrorCode.UNKNOWN_TYPE, f"unknown event {event[:64]!r}")
 
 
 def parse_twilio(text: str | bytes) -> TwilioFrame | VoiceError:
     """Parse one message from Twilio. Never raises: bad input becomes a VoiceError."""
     event: str | None = None
     try:
-        raw = _load(text)
+        raw = read_object(text)
         found = raw.get("event")
         if not isinstance(found, str):
-            raise _Invalid(VoiceErrorCode.INVALID_FRAME, "a message needs a string 'event'")
+            raise Refused(VoiceErrorCode.INVALID_FRAME, "a message needs a string 'event'")
         event = found
         return _twilio_frame(event, raw)
-    except _Invalid as exc:
-        return VoiceError(exc.code, exc.message, event)
+    except Refused as refused:
+        return VoiceError(VoiceErrorCode(refused.code), refused.message, event)
 
 
 # Twilio Media Streams: outbound
@@ -420,24 +405,24 @@ def _voice_user(raw: Mapping[str, Any]) -> VoiceUser | None:
 def _voice_start(raw: Mapping[str, Any]) -> VoiceStart:
     encoding = raw.get("encoding")
     if not isinstance(encoding, str):
-        raise _Invalid(VoiceErrorCode.INVALID_FIELD, "encoding: must be a string")
+        raise Refused(VoiceErrorCode.INVALID_FIELD, "encoding: must be a string")
     rate = raw.get("sample_rate")
     if not isinstance(rate, int) or isinstance(rate, bool):
-        raise _Invalid(VoiceErrorCode.INVALID_FIELD, "sample_rate: must be an integer")
+        raise Refused(VoiceErrorCode.INVALID_FIELD, "sample_rate: must be an integer")
     if encoding not in NATIVE_ENCODINGS:
         known = ", ".join(NATIVE_ENCODINGS)
-        raise _Invalid(
+        raise Refused(
             VoiceErrorCode.UNSUPPORTED_AUDIO,
             f"encoding {encoding[:32]!r} is not supported; use one of {known}",
         )
     if rate not in NATIVE_SAMPLE_RATES:
-        raise _Invalid(
+        raise Refused(
             VoiceErrorCode.UNSUPPORTED_AUDIO,
             f"sample_rate {rate} is not supported; use 8000 or 16000",
         )
     if encoding == "mulaw" and rate != 8000:
         # G.711 mu-law is telephone audio: 8 kHz only.
-        raise _Invalid(VoiceErrorCode.UNSUPPORTED_AUDIO, "mulaw audio must be 8000 Hz")
+        raise Refused(VoiceErrorCode.UNSUPPORTED_AUDIO, "mulaw audio must be 8000 Hz")
     return VoiceStart(
         encoding="pcm16" if encoding == "pcm16" else "mulaw",
         sample_rate=rate,
@@ -450,10 +435,10 @@ def parse_voice(text: str) -> VoiceClientFrame | VoiceError:
     """Parse one /voice text frame. Never raises: bad input becomes a VoiceError."""
     kind: str | None = None
     try:
-        raw = _load(text)
+        raw = read_object(text)
         found = raw.get("type")
         if not isinstance(found, str):
-            raise _Invalid(VoiceErrorCode.INVALID_FRAME, "a frame needs a string 'type'")
+            raise Refused(VoiceErrorCode.INVALID_FRAME, "a frame needs a string 'type'")
         kind = found
         if kind == "start":
             return _voice_start(raw)
@@ -461,11 +446,11 @@ def parse_voice(text: str) -> VoiceClientFrame | VoiceError:
             return VoiceDtmf(_digit(raw, "digit", ""))
         if kind == "stop":
             return VoiceStop()
-        raise _Invalid(
+        raise Refused(
             VoiceErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:64]!r}; known: dtmf, start, stop"
         )
-    except _Invalid as exc:
-        return VoiceError(exc.code, exc.message, kind)
+    except Refused as refused:
+        return VoiceError(VoiceErrorCode(refused.code), refused.message, kind)
 
 
 # /voice (native): server frames
@@ -508,11 +493,10 @@ class VoiceClear:
     utterance_id: str | None = None  # the reply being cut off
 
 
-@dataclass(frozen=True, slots=True)
-class VoiceErrorFrame:
-    type: ClassVar[str] = "error"
-    code: VoiceErrorCode
-    message: str
+class VoiceErrorFrame(WireErrorFrame[VoiceErrorCode]):
+    """`ref` stays None, so it never reaches the wire: voice frames carry no ids."""
+
+    __slots__ = ()
 
     @classmethod
     def of(cls, error: VoiceError) -> VoiceErrorFrame:
@@ -522,25 +506,14 @@ class VoiceErrorFrame:
 VoiceServerFrame = VoiceStarted | Transcript | VoiceReply | VoiceClear | VoiceErrorFrame
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, IntentLabel):
-        return {"label": value.label, "confidence": round(value.confidence, 4)}
-    if isinstance(value, EmotionLabel):
-        return {"label": value.label, "scores": {k: round(v, 4) for k, v in value.scores.items()}}
-    if isinstance(value, float):
-        return round(value, 3)
-    return value
-
-
 def voice_to_dict(frame: VoiceServerFrame) -> dict[str, Any]:
     out: dict[str, Any] = {"type": frame.type}
-    for name in frame.__slots__:
-        value = getattr(frame, name)
-        if value is not None:
-            out[name] = _plain(value)
+    for name, value in frame_fields(frame).items():
+        # Seconds of call audio, to the millisecond.
+        out[name] = round(value, 3) if isinstance(value, float) else value
     return out
 
 
 def serialize_voice(frame: VoiceServerFrame) -> str:
     """One /voice server frame as the text that goes on the wire (null fields left out)."""
-    return json.dumps(voice_to_dict(frame), ensure_ascii=False, separators=(",", ":"))
+    return dumps(voice_to_dict(frame))

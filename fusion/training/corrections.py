@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from fusion.understanding import OUT_OF_SCOPE
+from fusion.heads.labels import OUT_OF_SCOPE
 
 __all__ = [
     "CORRECTION_COLUMNS",

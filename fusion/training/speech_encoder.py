@@ -38,9 +38,9 @@ from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from fusion.audio import TARGET_RATE, load_flac
 from fusion.device import select_device
+from fusion.heads.labels import RAVDESS
 from fusion.prosody import PROSODY_NAMES, prosody_features
 from fusion.speech import (
-    EMOTIONS,
     SPEECH_DIM,
     WEIGHTS_PATH,
     FeatureStats,
@@ -49,10 +49,10 @@ from fusion.speech import (
     embed_waves,
     pad_batch,
     prepare_wave,
-    read_ravdess_index,
     save_weights,
 )
-from fusion.training.data_dir import default_data_dir
+from fusion.training.data import default_data_dir
+from fusion.training.ravdess import RAVDESS_DIR, read_ravdess_index
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -85,7 +85,7 @@ def learning_rate(peak: float, progress: float, warmup: float = 0.15) -> float:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data_root = default_data_dir()
-    default_data = data_root / "ravdess_speech_16k_flac" if data_root else None
+    default_data = data_root / RAVDESS_DIR if data_root else None
     p = argparse.ArgumentParser(
         prog="python -m fusion.training.speech_encoder", description=__doc__
     )
@@ -207,7 +207,7 @@ def probe_accuracy(
     clf = LogisticRegression(C=0.1, max_iter=2000)
     clf.fit(x_train, y_train)
     pred = clf.predict(x_val)
-    labels = list(range(len(EMOTIONS)))
+    labels = list(range(len(RAVDESS)))
     recall = recall_score(y_val, pred, labels=labels, average=None, zero_division=0)
     return (
         float((pred == y_val).mean()),
@@ -256,7 +256,7 @@ spontaneous or non-English speech: RAVDESS is acted, read speech of two fixed se
 ## Data and license
 
 RAVDESS speech, audio-only (Livingstone & Russo 2018), actors 01-22 as staged in
-`ravdess_speech_16k_flac/` (1,320 clips, 16 kHz mono): 8 emotions ({", ".join(EMOTIONS)}).
+`ravdess_speech_16k_flac/` (1,320 clips, 16 kHz mono): 8 emotions ({", ".join(RAVDESS)}).
 License **CC BY-NC-SA 4.0 (non-commercial)**. These weights are derived from RAVDESS and inherit
 that restriction: non-commercial use only, with attribution, under the same license.
 
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for clip in tqdm(clips, desc="loading RAVDESS", unit="clip"):
         wave, rate = load_flac(args.data / clip.file)
         waves.append(prepare_wave(wave, rate, config.min_seconds))
-    labels = np.asarray([EMOTIONS.index(c.emotion) for c in clips], dtype=np.int64)
+    labels = np.asarray([RAVDESS.index(c.emotion) for c in clips], dtype=np.int64)
     is_val = np.asarray([c.actor in val_actors for c in clips])
     train_idx = np.flatnonzero(~is_val)
     val_idx = np.flatnonzero(is_val)
@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     encoder = SpeechEncoder(config).to(device)
-    head = nn.Sequential(nn.Dropout(0.3), nn.Linear(config.lin_neurons, len(EMOTIONS))).to(device)
+    head = nn.Sequential(nn.Dropout(0.3), nn.Linear(config.lin_neurons, len(RAVDESS))).to(device)
     params = [*encoder.parameters(), *head.parameters()]
     optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     total_steps = args.epochs * -(-len(train_idx) // args.batch_size)
@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "probe_f1": f"{probe_f1:.3f}",
                 "head_acc": f"{history[-1]:.1%}",
                 "best_head": f"{max(history):.1%} (epoch {int(np.argmax(history)) + 1})",
-                "recall": ", ".join(f"{e} {r:.0%}" for e, r in zip(EMOTIONS, recall, strict=True)),
+                "recall": ", ".join(f"{e} {r:.0%}" for e, r in zip(RAVDESS, recall, strict=True)),
                 "history": ", ".join(f"{a:.1%}" for a in history),
                 "command": command,
                 "train_time": f"{train_time / 60:.1f} min",

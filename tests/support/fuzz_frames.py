@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import math
 import sys
 import time
 import uuid
@@ -39,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
 from assistant import issue_token
+from assistant.core.wire import finite_json
 from server import RunningServer
 from tests.support.operator_helpers import operator_client
 
@@ -360,16 +360,6 @@ def _encode(value: Any, ascii_only: bool) -> str:
     return text
 
 
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
-
-
 RAW_TEXTS = (
     "",
     " ",
@@ -403,7 +393,7 @@ def _nested(depth: int, array: bool) -> str:
 
 def frames(spec: RouteSpec) -> st.SearchStrategy[Send]:
     """One hostile frame for the route."""
-    dicts = _typed_frame(spec).filter(_finite)
+    dicts = _typed_frame(spec).filter(finite_json)
     typed = st.builds(
         lambda value, ascii_only: Send(_encode(value, ascii_only)), dicts, st.booleans()
     )
@@ -412,7 +402,7 @@ def frames(spec: RouteSpec) -> st.SearchStrategy[Send]:
         dicts,
         st.sampled_from(LONE_SURROGATES),
     )
-    anything = st.builds(lambda value: Send(_encode(value, True)), json_values.filter(_finite))
+    anything = st.builds(lambda value: Send(_encode(value, True)), json_values.filter(finite_json))
     invalid_utf8 = st.binary(min_size=1, max_size=64).map(
         lambda b: Send(b + b"\xff\xfe", as_text=True)
     )

@@ -27,7 +27,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from fusion.understanding import HeadOutputs, ServingHeads, lexical_hashes
+from fusion.heads.lexical import lexical_hashes
+from fusion.heads.serving import HeadOutputs, ServingHeads
 
 __all__ = ["GraphHeads", "quantize_blocks"]
 

@@ -1,0 +1,418 @@
+"""The turn pipeline: a message read by the models, answered, and stored with its labels.
+
+    message -> read (profile + recent events + text, and speech for a call) -> handoff policy
+            -> reply generator -> reply deltas and reply -> labels, reply turn, profile update
+
+Behaviour events take the same way without a reply: observed, then folded into the profile.
+One TurnPipeline serves every session of a ChatService and is given all it works with; what
+it keeps of one session between turns (the profile, events and turns it read) is that
+session's TurnMemory. The session queues the work and owns the task that runs it
+(assistant/chat/session.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from assistant.chat.protocol import Reply, ReplyDelta, ServerFrame
+from assistant.core.metrics import Metrics
+from assistant.core.wire import EmotionLabel, IntentLabel
+from assistant.replies.generation import GenerationRequest, ResponseGenerator
+from assistant.replies.handoff import HandoffState, near_handoff, turn_signal
+from assistant.replies.handoff import release as release_handoff
+from assistant.replies.handoff import step as step_handoff
+from assistant.replies.profile_summary import summarize_profile
+from assistant.replies.prompting import ConversationTurn
+from assistant.replies.understanding import Understanding
+from fusion import (
+    FuseResult,
+    FusionRuntime,
+    Observation,
+    Observed,
+    ProfileState,
+    TurnInput,
+    TurnReading,
+    UnderstandingResult,
+)
+from profiles import (
+    EventRecord,
+    NewEvent,
+    ProfileRecord,
+    ProfileUpdate,
+    Store,
+    TurnLabels,
+    TurnRecord,
+)
+
+# Earlier turns of the conversation that the reply generator sees.
+WINDOW_TURNS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class SeenEvent:
+    """An event this session stored, in the shape of a stored record (without a row id)."""
+
+    user_id: str
+    client_id: str
+    name: str
+    occurred_at: datetime
+    props: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRead:
+    """The models' reading of a message and what they read besides its text."""
+
+    reading: TurnReading
+    profile: ProfileRecord | None  # before the message
+    events: list[EventRecord | SeenEvent]
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTurn:
+    turn_id: str
+    client_id: str
+    text: str
+    received: float  # time.perf_counter() when the frame arrived
+    record: TurnRecord  # as stored: redacted text
+    # A spoken turn, heard: the featurizer's vector (fusion.speech.SpeechFeaturizer) for the
+    # fusion model, the recognizer's encoder mean and prosody (fusion.voice_emotion) for the
+    # emotion head.
+    speech: npt.NDArray[np.float32] | None = None
+    voice: npt.NDArray[np.float32] | None = None
+    # The models' work on the message when it started as the message arrived.
+    reading: asyncio.Future[TurnRead] | None = None
+    # Answered again after a restart: the client may have seen some of an earlier answer's
+    # deltas, so this one sends only the complete reply.
+    recovered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBehaviour:
+    """New behaviour events to fold into the profile; many event frames share one job."""
+
+
+@dataclass(slots=True)
+class TurnMemory:
+    """What the pipeline keeps of one session between its turns, so that a turn reads the
+    database only for what it has not seen."""
+
+    user_id: str
+    conversation_id: str
+    # The user's latest events by client id: read once, then kept up to date (None: unread).
+    events: dict[str, EventRecord | SeenEvent] | None = None
+    # This conversation's latest turns, newest last (None: unread).
+    turns: deque[TurnRecord] | None = None
+    # The user's profile as this session last read or wrote it (once `profile_known`): the
+    # next turn's heads are conditioned on it without a read.
+    profile: ProfileRecord | None = None
+    profile_known: bool = False
+    handoff: HandoffState = field(default_factory=HandoffState)
+
+    @property
+    def read_before(self) -> bool:
+        """Whether the models can start on a message with nothing to read from the database."""
+        return self.profile_known and self.events is not None
+
+    def released(self) -> None:
+        """An operator handed the conversation back: the bot answers again."""
+        self.handoff = release_handoff(self.handoff)
+
+    def saved(self, profile: ProfileRecord | None) -> None:
+        if profile is not None:
+            self.profile, self.profile_known = profile, True
+
+    def remember_turn(self, turn: TurnRecord) -> None:
+        if self.turns is not None:
+            self.turns.append(turn)
+
+
+class TurnOutput(Protocol):
+    """Where a turn's frames go: its session (assistant.chat.session.ChatSession)."""
+
+    # Set while a voice call listens: it synthesizes each sentence as soon as it has it.
+    listener: Callable[[ServerFrame], None] | None
+
+    def emit(self, frame: ServerFrame) -> int: ...
+
+    async def wait_stored(self) -> None:
+        """Until every frame emitted so far is stored."""
+        ...
+
+
+class TurnPipeline:
+    """Reads, answers and stores turns for every session of a service; `generator` is None
+    until the runtime has built it (a turn before that fails)."""
+
+    def __init__(
+        self,
+        models: FusionRuntime,
+        store: Store,
+        metrics: Metrics,
+        user_lock: Callable[[str], asyncio.Lock],
+        generator: ResponseGenerator | None = None,
+    ) -> None:
+        self.models = models
+        self.store = store
+        self.metrics = metrics
+        # Turns of one user in several sessions of this process take turns on the profile row.
+        self.user_lock = user_lock
+        self.generator = generator
+
+    async def read(
+        self,
+        memory: TurnMemory,
+        text: str,
+        now: datetime,
+        speech: npt.NDArray[np.float32] | None = None,
+        voice: npt.NDArray[np.float32] | None = None,
+    ) -> TurnRead:
+        models = self.models
+        profile = await self._profile_before(memory)
+        events = await self._recent_events(memory)
+        # A vector from another fusion model lives in another space: the heads get none.
+        usable = profile is not None and profile.model_version == models.model_version
+        reading = await models.read_turn(
+            TurnInput(
+                text, profile.vector if profile and usable else None, events, now, speech, voice
+            )
+        )
+        return TurnRead(reading, profile, events, now)
+
+    def remember_events(self, memory: TurnMemory, events: Sequence[NewEvent]) -> None:
+        """Events the session just stored; a client id seen before is the same event."""
+        if memory.events is None:
+            return
+        for event in events:
+            seen = SeenEvent(
+                memory.user_id, event.client_id, event.name, event.occurred_at, dict(event.props)
+            )
+            memory.events.setdefault(event.client_id, seen)
+        limit = self.models.config.max_events
+        if len(memory.events) > limit:
+            newest = sorted(memory.events.values(), key=lambda e: e.occurred_at)[-limit:]
+            memory.events = {e.client_id: e for e in newest}
+
+    async def absorb_behaviour(self, memory: TurnMemory, count: int) -> None:
+        """Fold `count` newly stored events into the user's profile."""
+        now = datetime.now(UTC)
+        events = await self._recent_events(memory)
+        observed = await self.models.observe(Observation(now=now, text=None, events=events))
+        change = self._profile_change(observed.fused, now, "behaviour", events=count)
+        async with self.user_lock(memory.user_id):
+            memory.saved(await self.store.apply_profile(memory.user_id, change))
+
+    async def answer(self, memory: TurnMemory, turn: PendingTurn, out: TurnOutput) -> None:
+        read = await (
+            turn.reading or self.read(memory, turn.text, datetime.now(UTC), turn.speech, turn.voice)
+        )
+        profile, events, now = read.profile, read.events, read.now
+        understanding = _understanding(read.reading.understanding)
+        observed = Observed(read.reading.text_vector, read.reading.fused)
+        history = await self._recent_turns(memory)
+        labels = TurnLabels(
+            intent=understanding.intent,
+            intent_confidence=understanding.confidence,
+            emotion=understanding.emotion,
+            emotion_scores=dict(understanding.emotion_scores) or None,
+        )
+        memory.handoff, decision = step_handoff(
+            memory.handoff, turn_signal(turn.text, understanding)
+        )
+        change = self._profile_change(observed.fused, now, "turn", turns=1)
+        # What the write below will store, unless another session of the user writes first:
+        # the next message's models can start on it before the write commits.
+        memory.profile = _predicted(memory.user_id, profile, change(profile), labels, now)
+        if not decision.answer:
+            # Waiting for an operator: the turn is stored, the profile learns, the bot is quiet.
+            async with self.user_lock(memory.user_id):
+                await self.store.label_turn(turn.turn_id, labels)
+                memory.saved(await self.store.apply_profile(memory.user_id, change))
+            memory.remember_turn(turn.record)
+            return
+        if self.generator is None:
+            raise RuntimeError("the turn pipeline has no response generator yet")
+        request = GenerationRequest(
+            user_id=memory.user_id,
+            utterance=turn.text,
+            understanding=understanding,
+            profile=summarize_profile(
+                memory.user_id, profile=profile, events=events, turns=history, now=now
+            ),
+            window=tuple(ConversationTurn(t.role, t.text) for t in history),
+            handoff=decision.handoff,
+            near_handoff=near_handoff(memory.handoff),
+            query_vector=observed.text_vector,
+        )
+        stream = self.generator.stream(request)
+        deltas = _Deltas(lambda text: out.emit(ReplyDelta(turn_id=turn.turn_id, text=text)))
+        try:
+            async for piece in stream:
+                if turn.recovered:
+                    continue
+                if out.listener is not None:
+                    deltas.flush()
+                    out.emit(ReplyDelta(turn_id=turn.turn_id, text=piece))
+                else:
+                    deltas.add(piece)
+        finally:
+            deltas.flush()
+        text = stream.result.text
+        intent = (
+            IntentLabel(understanding.intent, understanding.confidence)
+            if understanding.intent is not None and understanding.confidence is not None
+            else None
+        )
+        emotion = (
+            EmotionLabel(understanding.emotion, dict(understanding.emotion_scores))
+            if understanding.emotion is not None
+            else None
+        )
+        # The reply goes out before its transaction: the client's message was durable when
+        # acked; what the server writes now (labels, the reply turn, the profile) commits
+        # before this session's next turn is answered.
+        out.emit(
+            Reply(
+                turn_id=turn.turn_id,
+                text=text,
+                intent=intent,
+                emotion=emotion,
+                handoff=decision.handoff,
+            )
+        )
+        latency_ms = (time.perf_counter() - turn.received) * 1000.0
+        self.metrics.turn_answered(latency_ms / 1000.0)
+        # The reply frame is journaled (and sent) before the turn's rows take the database:
+        # the client has its reply one commit sooner. A restart in between finds the stored
+        # reply frame and does not answer the message again (assistant/chat/recovery.py).
+        await out.wait_stored()
+        async with self.user_lock(memory.user_id):
+            finished = await self.store.finish_turn(
+                turn.turn_id,
+                labels=labels,
+                reply_text=text,
+                latency_ms=latency_ms,
+                profile=change,
+            )
+        memory.saved(finished.profile)
+        memory.remember_turn(turn.record)
+        memory.remember_turn(finished.reply)
+
+    async def _recent_events(self, memory: TurnMemory) -> list[EventRecord | SeenEvent]:
+        limit = self.models.config.max_events
+        if memory.events is None:
+            stored = await self.store.list_events(memory.user_id, limit=limit)
+            memory.events = {e.client_id: e for e in reversed(stored)}
+        return list(memory.events.values())[-limit:]
+
+    async def _recent_turns(self, memory: TurnMemory) -> list[TurnRecord]:
+        if memory.turns is None:
+            stored = await self.store.list_turns(memory.conversation_id)
+            memory.turns = deque(stored, maxlen=WINDOW_TURNS)
+        return list(memory.turns)
+
+    async def _profile_before(self, memory: TurnMemory) -> ProfileRecord | None:
+        if not memory.profile_known:
+            memory.profile = await self.store.get_profile(memory.user_id)
+            memory.profile_known = True
+        return memory.profile
+
+    def _profile_change(
+        self, fused: FuseResult, now: datetime, reason: str, *, turns: int = 0, events: int = 0
+    ) -> Callable[[ProfileRecord | None], ProfileUpdate]:
+        """The profile update as a function of the stored profile, run in its write transaction."""
+        models = self.models
+
+        def change(profile: ProfileRecord | None) -> ProfileUpdate:
+            dt_s = (now - profile.updated_at).total_seconds() if profile else 0.0
+            state = models.update_profile(_state(profile, models.model_version), fused, dt_s)
+            return ProfileUpdate(
+                vector=state.vector,
+                model_version=models.model_version,
+                reason=reason,
+                modality_contributions=state.contributions,
+                turns=turns,
+                events=events,
+            )
+
+        return change
+
+
+class _Deltas:
+    """A reply's pieces that arrive in the same pass of the event loop go out as one delta.
+
+    The composer writes a whole reply at once, and each frame costs a journal row, a send
+    and a wake-up of the client; a chat model's pieces, which come over time, still go out
+    as they come (one pass of the loop later).
+    """
+
+    def __init__(self, send: Callable[[str], object]) -> None:
+        self._send = send
+        self._pieces: list[str] = []
+        self._flush: asyncio.Handle | None = None
+
+    def add(self, piece: str) -> None:
+        self._pieces.append(piece)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if self._pieces:
+            text = "".join(self._pieces)
+            self._pieces.clear()
+            self._send(text)
+
+
+def _state(profile: ProfileRecord | None, model_version: str) -> ProfileState | None:
+    # A vector from another fusion model lives in another space: start afresh rather than mix.
+    if profile is None or profile.model_version != model_version:
+        return None
+    contributions = {k: float(v) for k, v in profile.modality_contributions.items()}
+    return ProfileState(profile.vector, contributions)
+
+
+def _understanding(result: UnderstandingResult) -> Understanding:
+    return Understanding(
+        intent=result.intent,
+        confidence=result.intent_confidence,
+        top2=(result.top2[0], result.top2[1]) if len(result.top2) == 2 else None,
+        emotion=result.emotion,
+        emotion_scores=result.emotion_scores,
+    )
+
+
+def _predicted(
+    user_id: str,
+    before: ProfileRecord | None,
+    update: ProfileUpdate,
+    labels: TurnLabels,
+    now: datetime,
+) -> ProfileRecord:
+    """The profile `Store.finish_turn` writes for `update` over `before`, computed here."""
+    histogram = dict(before.intent_histogram) if before else {}
+    if labels.intent is not None:
+        histogram[labels.intent] = int(histogram.get(labels.intent, 0)) + 1
+    return ProfileRecord(
+        user_id=user_id,
+        vector=update.vector,
+        model_version=update.model_version,
+        turn_count=(before.turn_count if before else 0) + update.turns,
+        event_count=(before.event_count if before else 0) + update.events,
+        emotion_state=before.emotion_state if before else None,
+        intent_histogram=histogram,
+        modality_contributions=dict(update.modality_contributions),
+        updated_at=now,
+    )

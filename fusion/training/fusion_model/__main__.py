@@ -1,0 +1,3 @@
+from fusion.training.fusion_model.command import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from fusion.training.heads.command import main
+
+raise SystemExit(main())
