@@ -270,16 +270,6 @@ def resample_to_16k(wave: npt.ArrayLike, sample_rate: int) -> FloatArray:
     return resample(x, sample_rate, TARGET_RATE)
 
 
-def decode_to_16k(
-    pcm: bytes | npt.NDArray[np.generic],
-    encoding: Encoding = "pcm16",
-    sample_rate: int = TARGET_RATE,
-    channels: int = 1,
-) -> FloatArray:
-    """`to_float_mono` then `resample_to_16k`: what a voice turn goes through before featurizing."""
-    return resample_to_16k(to_float_mono(pcm, encoding, sample_rate, channels), sample_rate)
-
-
 def load_flac(path: Path | str) -> tuple[FloatArray, int]:
     """Read an audio file (FLAC or anything libsndfile reads) as float32 mono and its rate."""
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)

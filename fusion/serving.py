@@ -24,10 +24,10 @@ import torch
 from fusion.batcher import BatcherConfig, MicroBatcher
 from fusion.behaviour import EventLike
 from fusion.device import select_device
+from fusion.heads import Understanding, UnderstandingResult
 from fusion.inference import WEIGHTS_PATH, FuseRequest, FuseResult, FusionInference
 from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_state
 from fusion.text_encoder import TextEncoder, TextEncoderConfig
-from fusion.heads import Understanding, UnderstandingResult
 
 Vector = npt.NDArray[np.float32]
 

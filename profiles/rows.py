@@ -97,14 +97,13 @@ def _converter(
     make: Callable[..., R] = record
     if not adapt:
         return lambda row, **extra: make(*read(row), **extra)
-    steps = tuple(adapt.get(name) for name in read_names)
+    steps = tuple((read_names.index(name), step) for name, step in adapt.items())
 
     def convert(row: Any, **extra: Any) -> R:
-        values = read(row)
-        return make(
-            *[v if step is None else step(v) for step, v in zip(steps, values, strict=True)],
-            **extra,
-        )
+        values = list(read(row))
+        for i, step in steps:
+            values[i] = step(values[i])
+        return make(*values, **extra)
 
     return convert
 

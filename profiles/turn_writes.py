@@ -1,9 +1,9 @@
 """The turn path's writes, shared by the turns of one transaction.
 
 With many sessions, the store's thread takes a batch of turns per transaction (group commit,
-`Transactions.run`). Executing a statement costs SQLAlchemy more CPU than SQLite takes to run it, so
-the turns of a batch share each statement: one executemany per statement, not one execute per
-turn. Every write here is also a plain callable of a session, which runs it alone.
+`Transactions.run`). Executing a statement costs SQLAlchemy more CPU than SQLite takes to run
+it, so the turns of a batch share each statement: one executemany per statement, not one
+execute per turn. Every write here is also a plain callable of a session, which runs it alone.
 """
 
 from __future__ import annotations

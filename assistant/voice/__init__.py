@@ -1,3 +1,18 @@
-"""Voice calls: the Twilio and native routes, one call's audio in and speech out, synthesis."""
+"""Voice calls: Twilio Media Streams and the native PCM route, on top of chat sessions.
+
+- call: One live call, whatever its route: caller audio in, turns through the chat session,
+  speech out.
+- models: The speech side every call shares: VAD, recognizer, speech featurizer and synthesizer.
+- native: The `/voice` route: one NativeConnection per call, JSON control frames and binary
+  audio.
+- protocol: The voice routes' wire protocols: pure parsing and serialization, no I/O.
+- service: The voice calls' shared state: VoiceService, and what both routes' connections share.
+- speaker: A call's voice: reply text in, synthesized audio out as paced 20 ms frames, with
+  barge-in.
+- synthesis: Spoken replies: a pluggable text-to-speech engine and 20 ms telephony framing.
+- twilio: The `/voice/twilio` route: one TwilioConnection per Twilio Media Stream.
+
+Other rooms import from these modules by name; nothing is re-exported here.
+"""
 
 __all__: list[str] = []

@@ -3,7 +3,8 @@
 The service emotions are what the assistant acts on. The text head predicts GoEmotions' 28
 labels and the speech head RAVDESS's 8; each distribution is summed onto the service
 emotions through a 0/1 matrix (`mapping_matrix`) of the mappings below. The fusion model's
-simulator (training/simulator.py) reads the same RAVDESS mapping (docs/understanding.md, docs/fusion.md).
+simulator (training/simulator.py) reads the same RAVDESS mapping (docs/understanding.md,
+docs/fusion.md).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ __all__ = [
     "RUNS_DIR",
     "Banking77",
     "GoEmotions",
+    "data_folder",
     "default_data_dir",
     "load_banking77",
     "load_clinc_oos",
@@ -42,6 +44,16 @@ def default_data_dir() -> Path | None:
         return Path(env)
     beside = REPO_ROOT.parent / "shared" / "data"
     return beside if beside.is_dir() else None
+
+
+def data_folder(given: Path | None) -> Path | None:
+    """`given` (a `--data` flag), else `default_data_dir()`; None, said on stderr, when that
+    is no folder."""
+    folder = given or default_data_dir()
+    if folder is None or not folder.is_dir():
+        print("no data folder: pass --data or set ASSISTANT_DATA_DIR", file=sys.stderr)
+        return None
+    return folder
 
 
 @dataclass(frozen=True, slots=True)

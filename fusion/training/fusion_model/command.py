@@ -26,7 +26,7 @@ import torch
 from fusion.device import select_device
 from fusion.inference import WEIGHTS_PATH, save_checkpoint
 from fusion.model import STRATEGIES
-from fusion.training.data import DOCS_DIR, RUNS_DIR, default_data_dir, load_banking77
+from fusion.training.data import DOCS_DIR, RUNS_DIR, data_folder, load_banking77
 from fusion.training.features import text_features
 from fusion.training.fusion_model.ablation import (
     CVContext,
@@ -102,9 +102,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    data_dir: Path | None = args.data or default_data_dir()
-    if data_dir is None or not data_dir.is_dir():
-        print("no data folder: pass --data or set ASSISTANT_DATA_DIR", file=sys.stderr)
+    data_dir = data_folder(args.data)
+    if data_dir is None:
         return 2
     device = select_device(args.device)
     progress = not args.no_progress

@@ -24,7 +24,7 @@ import torch
 
 from fusion.device import select_device
 from fusion.heads.checkpoint import WEIGHTS_DIR
-from fusion.training.data import DOCS_DIR, default_data_dir
+from fusion.training.data import DOCS_DIR, data_folder
 from fusion.training.heads.cards import emotion_card, intent_card
 from fusion.training.heads.emotion import train_emotion
 from fusion.training.heads.intent import score_shipped_intent, train_intent
@@ -104,9 +104,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    data_dir: Path | None = args.data or default_data_dir()
-    if data_dir is None or not data_dir.is_dir():
-        print("no data folder: pass --data or set ASSISTANT_DATA_DIR", file=sys.stderr)
+    data_dir = data_folder(args.data)
+    if data_dir is None:
         return 2
     torch.set_num_threads(args.threads)
     device = select_device(args.device)
