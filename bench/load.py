@@ -48,7 +48,6 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -57,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
@@ -70,7 +68,10 @@ from chat_messages import STEADY_MESSAGES as MESSAGES  # noqa: E402
 from common import BenchError, cpu_model, percentile, raise_file_limit  # noqa: E402
 
 from profiles import migrate  # noqa: E402
-from tests.support.databases import temporary_pg_database  # noqa: E402
+from tests.support.databases import (  # noqa: E402
+    temporary_pg_database,
+    temporary_redis_prefix,
+)
 from tests.support.server_process import ServerFailed, server_process  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "load.json"
@@ -109,19 +110,6 @@ async def temporary_database(admin_url: str) -> AsyncIterator[str]:
     async with temporary_pg_database(admin_url, prefix="bench_") as db_url:
         await asyncio.to_thread(migrate, db_url)
         yield db_url
-
-
-@asynccontextmanager
-async def redis_prefix(url: str) -> AsyncIterator[str]:
-    prefix = f"bench-{uuid.uuid4().hex[:8]}:"
-    try:
-        yield prefix
-    finally:
-        client = Redis.from_url(url)
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 @asynccontextmanager
@@ -234,7 +222,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()
     async with AsyncExitStack() as stack:
         db_url = await stack.enter_async_context(temporary_database(args.db_url))
-        prefix = await stack.enter_async_context(redis_prefix(args.redis_url))
+        prefix = await stack.enter_async_context(
+            temporary_redis_prefix(args.redis_url, prefix="bench-")
+        )
         log_dir = Path(tempfile.mkdtemp(prefix="load-"))
         env = {
             **os.environ,

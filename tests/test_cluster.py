@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -39,7 +38,7 @@ from assistant.cluster.messages import (
     encode_snapshot,
 )
 from tests.conftest import ServerFactory, pg_admin_url
-from tests.support.databases import temporary_pg_database
+from tests.support.databases import temporary_pg_database, temporary_redis_prefix
 from tests.support.operator_helpers import OperatorClient
 from tests.support.server_process import server_process
 from tests.support.tcp_proxy import TcpProxy
@@ -165,8 +164,10 @@ async def listed(operator: OperatorClient, session_id: str) -> dict[str, Any]:
 async def cluster_env(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
     """The environment of both replicas: one fresh database, one Redis prefix."""
     redis = redis_url()
-    prefix = f"test-{uuid.uuid4().hex[:8]}:"
-    async with temporary_pg_database(pg_admin_url()) as db_url:
+    async with (
+        temporary_pg_database(pg_admin_url()) as db_url,
+        temporary_redis_prefix(redis) as prefix,
+    ):
         await asyncio.to_thread(migrate_database, db_url)
         env = {
             **os.environ,
@@ -180,14 +181,7 @@ async def cluster_env(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
         }
-        try:
-            yield env
-        finally:
-            client = Redis.from_url(redis)
-            keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
+        yield env
 
 
 def test_cluster_messages_round_trip_and_garbage_is_dropped() -> None:

@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL databases, created next to a given one and dropped afterwards."""
+"""Throwaway stores: PostgreSQL databases and Redis key prefixes, removed afterwards."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
 
@@ -29,3 +30,19 @@ async def temporary_pg_database(admin_url: str, prefix: str = "t_") -> AsyncIter
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@asynccontextmanager
+async def temporary_redis_prefix(url: str, prefix: str = "test-") -> AsyncIterator[str]:
+    """A fresh key prefix on the Redis at `url`; every key under it is deleted afterwards."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}:"
+    try:
+        yield name
+    finally:
+        client = Redis.from_url(url)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{name}*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
