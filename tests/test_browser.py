@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from server import RunningServer
+from tests.conftest import Client, ClientFactory
 from tests.support.operator_helpers import make_operator, operator_client
 
 CHROMIUM = "/usr/bin/chromium"
@@ -139,6 +140,108 @@ async def test_widget_and_console_takeover(server: RunningServer, browser: Any) 
     )
     await widget.screenshot(path=str(SHOTS / "5-widget-released.png"), full_page=True)
     assert not errors, errors
+
+
+async def _say(client: Client, frame_id: str, text: str) -> dict[str, Any]:
+    """Send a message; the reply frame that answers it."""
+    await client.send({"type": "message", "id": frame_id, "text": text})
+    reply = (await client.recv_until("reply"))[-1]
+    assert reply["intent"] and reply["emotion"], reply
+    return reply
+
+
+async def test_console_marks_gone_customers_labels_turns_and_agrees_on_emotion(
+    server: RunningServer, browser: Any, open_client: ClientFactory
+) -> None:
+    from playwright.async_api import expect
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{server.port}"
+    nameless = await open_client()
+    session_id = (await nameless.hello(user={"external_id": "console-nameless"}))["session_id"]
+    first = await _say(nameless, "m1", "My card payment was declined.")
+    gone = await open_client()
+    gone_id = (await gone.hello(user={"external_id": "console-gone", "name": "Gone Away"}))[
+        "session_id"
+    ]
+    await gone.ws.close()
+
+    # An operator corrects the model's emotion: the live session never sees that correction,
+    # so a live list that read the session's own labels would disagree with search.
+    model_emotion = first["emotion"]["label"]
+    corrected = "neutral" if model_emotion == "frustrated" else "frustrated"
+    key = await make_operator(server, "console-agent", "agent")
+    async with operator_client(server, key) as labeller:
+        await labeller.ok("turn.relabel", turn_id=first["turn_id"], emotion=corrected)
+
+    console = await browser.new_page()
+    problems: list[str] = []
+    console.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+    # A favicon request is not a Playwright response: its 404 shows only as a console error.
+    console.on(
+        "console",
+        lambda msg: problems.append(msg.text) if msg.type == "error" else None,
+    )
+    console.on(
+        "response",
+        lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+    )
+    await console.goto(f"{base}/console")
+    await console.fill("#key", key)
+    await console.click("#login-button")
+    await expect(console.locator("#whoami")).to_contain_text("console-agent", timeout=TIMEOUT_MS)
+
+    live_row = console.locator(f"#sessions li[data-session-id='{session_id}']")
+    gone_row = console.locator(f"#sessions li[data-session-id='{gone_id}']")
+    # The list refreshes by itself, so it catches up once the server has seen the close.
+    await expect(gone_row).to_have_attribute("data-connected", "false", timeout=TIMEOUT_MS)
+    await expect(gone_row.locator(".tag.disconnected")).to_have_text("disconnected")
+    await expect(live_row).to_have_attribute("data-connected", "true")
+    await expect(live_row.locator(".tag.disconnected")).to_have_count(0)
+    await expect(live_row.locator("button")).to_have_text("console-nameless")
+
+    async def search_labels() -> Any:
+        await console.fill("#q", "console-nameless")
+        await console.click("#search-button")
+        found = console.locator("#results li", has=console.locator("button[data-user-id]"))
+        await expect(found).to_have_count(1, timeout=TIMEOUT_MS)
+        return found.locator(".labels")
+
+    found = await search_labels()
+    await expect(found).to_have_attribute("data-emotion", corrected)
+    await expect(live_row.locator(".labels")).to_have_attribute("data-emotion", corrected)
+    intent = first["intent"]["label"]
+    await expect(found).to_have_attribute("data-intent", intent)
+    await expect(live_row.locator(".labels")).to_have_attribute("data-intent", intent)
+    await console.locator("#results button[data-user-id]").click()
+    await expect(console.locator("#profile-title")).to_have_text("console-nameless")
+    await expect(console.locator("#profile-emotion")).to_have_text(corrected)
+
+    await live_row.locator("button").click()
+    watched = console.locator("#watch-turns .turn")
+    await expect(watched).to_have_count(2, timeout=TIMEOUT_MS)
+    stored = console.locator(f"#watch-turns .turn.user[data-turn-id='{first['turn_id']}'] .labels")
+    await expect(stored).to_have_attribute("data-emotion", corrected)
+    await expect(stored).to_have_attribute("data-intent", intent)
+
+    second = await _say(nameless, "m2", "I was charged twice for the same purchase.")
+    pushed = console.locator(f"#watch-turns .turn.user[data-turn-id='{second['turn_id']}'] .labels")
+    await expect(pushed).to_have_attribute(
+        "data-intent", second["intent"]["label"], timeout=TIMEOUT_MS
+    )
+    await expect(pushed).to_have_attribute("data-emotion", second["emotion"]["label"])
+    await expect(watched).to_have_count(4)
+
+    # Once the turn's rows are written, search and the live list give its labels again.
+    await server.runtime.chat.sessions[session_id].settle()
+    await console.click("#refresh-sessions")
+    found = await search_labels()
+    for name in ("emotion", "intent"):
+        label = second[name]["label"]
+        await expect(found).to_have_attribute(f"data-{name}", label)
+        await expect(live_row.locator(".labels")).to_have_attribute(f"data-{name}", label)
+    await console.screenshot(path=str(SHOTS / "6-console-labels.png"), full_page=True)
+    assert not problems, problems
 
 
 async def test_pages_are_served_with_a_content_security_policy(server: RunningServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -111,6 +112,23 @@ def test_every_intent_is_answered_from_its_knowledge_base_answer() -> None:
     assert kind is ReplyKind.OUT_OF_SCOPE and reply.startswith(entry.answer)
     kind, reply, entry = _reply("get me a human", Understanding(), handoff=True)
     assert kind is ReplyKind.HANDOFF and entry.intent == "handoff" and reply == entry.answer
+
+
+def test_a_call_hears_the_handoff_worded_for_a_phone() -> None:
+    entry = shared_kb().for_intent("handoff")
+    assert entry is not None and entry.voice_answer is not None
+    _, chat, _ = _reply("get me a human", Understanding(), handoff=True)
+    _, call, _ = _reply("get me a human", Understanding(), handoff=True, channel="voice")
+    assert chat == entry.answer and "reply here" in chat
+    assert call == entry.voice_answer and "this call" in call
+    assert not re.search(r"\b(here|chat|write|read)\b", call), call
+    _, angry_call, _ = _reply(
+        "get me a human", Understanding(emotion="angry"), handoff=True, channel="voice"
+    )
+    assert angry_call.endswith(entry.voice_answer) and angry_call != entry.voice_answer
+    # An entry without voice wording says the same on a call as in a chat.
+    u = _sure("topping_up_by_card")
+    assert _reply("how do I top up", u)[1] == _reply("how do I top up", u, channel="voice")[1]
 
 
 def test_angry_and_neutral_get_different_openings_for_the_same_intent() -> None:

@@ -252,6 +252,11 @@ async def test_the_handoff_notice_is_never_left_to_the_model() -> None:
     assert handoff is not None
     assert result.text == handoff.answer and result.source is ReplySource.COMPOSER
     assert not result.fallback_used
+    # On a call, the same notice worded for a phone.
+    call = await gen.generate(
+        GenerationRequest("u1", "a human please", handoff=True, channel="voice")
+    )
+    assert call.text == handoff.voice_answer and call.source is ReplySource.COMPOSER
 
 
 async def test_without_an_intent_model_the_prompt_claims_no_intent() -> None:

@@ -87,7 +87,8 @@ def test_answers_are_written_to_be_safe_to_send() -> None:
     """No links, phone numbers or figures that could pass for real ones; questions end in ?."""
     looks_real = re.compile(r"https?://|www\.|@|\d{3,}|\+\d")
     for entry in shared_kb():
-        for text in (entry.answer, *entry.facts, *entry.follow_ups):
+        voice = () if entry.voice_answer is None else (entry.voice_answer,)
+        for text in (entry.answer, *voice, *entry.facts, *entry.follow_ups):
             assert not looks_real.search(text), f"{entry.id}: {text!r}"
         assert entry.answer[-1] in ".!?", entry.id
         assert all(q.endswith("?") for q in entry.follow_ups), entry.id

@@ -1,14 +1,24 @@
-"""GET /metrics from a real server, parsed with prometheus_client's own parser."""
+"""GET /metrics from a real server, parsed with prometheus_client's own parser: turns, errors
+on every route, micro-batches, the chat model's fallbacks."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import json
+import logging
+from collections.abc import Callable, Mapping
 
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
-from server import RunningServer
-from tests.conftest import ClientFactory, ServerFactory
+from assistant import Models, ResponseGenerator, Settings
+from assistant.replies.llm_config import GenerationConfig
+from server import RunningServer, running
+from tests.conftest import Client, ClientFactory, ServerFactory
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -119,3 +129,92 @@ async def test_each_server_counts_its_own(
         _, theirs = await scrape(other)
     assert value(mine, "assistant_turns_total") == 1
     assert value(theirs, "assistant_turns_total") == 0
+
+
+async def test_voice_errors_count_by_code(server: RunningServer) -> None:
+    async with connect(server.url + "/voice") as ws:
+        await ws.send(json.dumps({"type": "start", "encoding": "pcm16", "sample_rate": 44100}))
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert error["code"] == "unsupported_audio"
+        await ws.send(b"\x00\x00" * 160)
+        await ws.send(b"\x00\x00" * 160)  # told once: one error frame, one count
+        await ws.send("not json")
+        codes = [json.loads(await asyncio.wait_for(ws.recv(), 10))["code"] for _ in range(2)]
+        assert codes == ["start_required", "invalid_json"]
+    # Twilio has no error message: what it is refused or ignored counts the same way.
+    async with connect(server.url + "/voice/twilio") as ws:
+        await ws.send(b"\x00")
+        dtmf = {"track": "inbound_track", "digit": "1"}
+        await ws.send(
+            json.dumps({"event": "dtmf", "sequenceNumber": "1", "streamSid": "MZ1", "dtmf": dtmf})
+        )
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 1008
+    _, samples = await scrape(server)
+    errors = {
+        (dict(labels)["route"], dict(labels)["code"]): n
+        for (name, labels), n in samples.items()
+        if name == "assistant_errors_total"
+    }
+    assert errors == {
+        ("/voice", "unsupported_audio"): 1,
+        ("/voice", "start_required"): 1,
+        ("/voice", "invalid_json"): 1,
+        ("/voice/twilio", "invalid_frame"): 1,
+        ("/voice/twilio", "start_required"): 1,
+    }
+
+
+# Each fallback reason and a LangChain fake chat model that causes it; the fake model stands
+# behind an OpenAI-compatible configuration whose secrets must never reach the log.
+FALLBACK_MODELS: dict[str, Callable[[], BaseChatModel]] = {
+    "error": lambda: FakeListChatModel(responses=["never sent"], error_on_chunk_number=0),
+    "timeout": lambda: FakeListChatModel(responses=["too slow"], sleep=5.0),
+    "empty": lambda: FakeListChatModel(responses=["   "]),
+}
+LLM_CONFIG = GenerationConfig(
+    llm="openai",
+    model="house-model",
+    base_url="http://reader:hunter2@127.0.0.1:9/v1?api-key=query-secret",
+    api_key="sk-never-logged",
+    timeout_s=0.2,
+)
+SECRETS = ("hunter2", "query-secret", "sk-never-logged")
+
+
+@pytest.mark.parametrize("reason", sorted(FALLBACK_MODELS))
+async def test_llm_fallbacks_count_by_reason_and_log_the_endpoint(
+    reason: str,
+    models: Models,
+    generator: ResponseGenerator,
+    sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failing = ResponseGenerator(
+        generator.kb, generator.retriever, config=LLM_CONFIG, chat_model=FALLBACK_MODELS[reason]()
+    )
+    settings = Settings(host="127.0.0.1", port=0, db_url=sqlite_url, device="cpu")
+    endpoint = "openai model house-model at http://127.0.0.1:9/v1"
+    caplog.set_level(logging.INFO)
+    async with running(settings, models=models, generator=failing) as srv:
+        _, before = await scrape(srv)
+        async with connect(srv.url + "/chat") as ws:
+            client = Client(ws)
+            await client.hello(user={"external_id": f"fallback-{reason}"})
+            await client.send({"type": "message", "id": "m1", "text": "My card was declined"})
+            reply = (await client.recv_until("reply"))[-1]
+        _, after = await scrape(srv)
+    # The composer answered: the customer never sees the model's failure.
+    assert reply["text"].strip()
+    for each in FALLBACK_MODELS:
+        labels = {"reason": each}
+        assert value(before, "assistant_llm_fallbacks_total", labels) == 0
+        assert value(after, "assistant_llm_fallbacks_total", labels) == (each == reason)
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"replies are written by {endpoint}" in messages
+    fallbacks = [r for r in caplog.records if "fallback" in r.getMessage()]
+    assert len(fallbacks) == 1 and fallbacks[0].levelno == logging.WARNING
+    assert getattr(fallbacks[0], "reason", None) == reason
+    assert reason in fallbacks[0].getMessage() and endpoint in fallbacks[0].getMessage()
+    assert not [m for m in messages if any(secret in m for secret in SECRETS)]

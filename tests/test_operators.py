@@ -145,6 +145,12 @@ async def test_search_filters_and_pagination(db_url: str) -> None:
         future = datetime.now(UTC) + timedelta(hours=1)
         assert not (await ops.search_users(UserQuery(seen_after=future))).items
         assert len((await ops.search_users(UserQuery(seen_before=future, limit=100))).items) == 25
+        # The live list's labels come from the same columns, by user id.
+        summaries = await ops.user_summaries({ids[3], ids[4], "0" * 32})
+        assert set(summaries) == {ids[3], ids[4]}
+        assert summaries[ids[3]] == angry.items[0]
+        assert (summaries[ids[4]].current_emotion, summaries[ids[4]].turn_count) == (None, 0)
+        assert await ops.user_summaries(set()) == {}
     finally:
         await store.close()
 

@@ -1,4 +1,6 @@
-"""docs/protocol.md stays true: its examples parse, and it covers every frame and error code."""
+"""The protocol docs stay true: docs/protocol.md's examples parse and cover every frame and error
+code; every example in docs/protocol.md, voice.md and operators.md is read by a test, is what
+the server writes, and shows only labels the server sends."""
 
 from __future__ import annotations
 
@@ -23,7 +25,28 @@ from assistant.chat.protocol import (
     to_dict,
 )
 from assistant.chat.widget_tokens import Claims, verify_token
-from assistant.core.wire import MAX_FRAME_BYTES, MAX_TEXT_CHARS, EmotionLabel, IntentLabel
+from assistant.core.wire import MAX_FRAME_BYTES, MAX_TEXT_CHARS, EmotionLabel, IntentLabel, Pong
+from assistant.operators.protocol import (
+    ErrorReply,
+    OperatorErrorCode,
+    OperatorServerFrame,
+    SessionState,
+    SessionTurn,
+)
+from assistant.operators.protocol import to_dict as operator_to_dict
+from assistant.replies.knowledge_base import SUPPORTED_INTENTS
+from assistant.voice.protocol import (
+    Transcript,
+    VoiceClear,
+    VoiceErrorCode,
+    VoiceErrorFrame,
+    VoiceReply,
+    VoiceServerFrame,
+    VoiceStarted,
+    voice_to_dict,
+)
+from fusion import EVENT_CATALOGUE, SERVICE_EMOTIONS
+from tests.conftest import ClientFactory
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 DOC = DOC_PATH.read_text(encoding="utf-8")
@@ -242,3 +265,195 @@ def test_documented_reply_text_matches_deltas() -> None:
     for turn in complete:
         assert all(f["type"] == "reply.delta" for f in turn[:-1])
         assert "".join(f["text"] for f in turn[:-1]) == turn[-1]["text"]
+
+
+# Every JSON example in docs/protocol.md, docs/voice.md and docs/operators.md: tagged for the
+# test that reads it, a frame the server can send, and labelled as the server labels.
+
+DOCS_DIR = DOC_PATH.parent
+EXAMPLE_TAGS: dict[str, frozenset[str]] = {
+    "protocol.md": frozenset({"client", "server"}),
+    "voice.md": frozenset({"twilio-in", "twilio-out", "voice-client", "voice-server"}),
+    "operators.md": frozenset({"operator-client", "operator-server"}),
+}
+_FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def _fences(doc: str) -> list[tuple[str, str]]:
+    """Every fenced block of a doc: its info string (`json server`) and its body."""
+    text = (DOCS_DIR / doc).read_text(encoding="utf-8")
+    return [(m["info"].strip(), m["body"]) for m in _FENCE.finditer(text)]
+
+
+def _examples(doc: str, tag: str) -> list[dict[str, Any]]:
+    return [json.loads(body) for info, body in _fences(doc) if info == f"json {tag}"]
+
+
+def _all_examples() -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (doc, tag, example)
+        for doc, tags in EXAMPLE_TAGS.items()
+        for tag in sorted(tags)
+        for example in _examples(doc, tag)
+    ]
+
+
+@pytest.mark.parametrize("doc", sorted(EXAMPLE_TAGS))
+def test_every_json_block_is_read_by_a_test(doc: str) -> None:
+    """A block the tests do not read (untagged, mistagged, or JSON under another language)
+    could drift from the server unnoticed."""
+    fences = _fences(doc)
+    json_blocks = [(info, body) for info, body in fences if info.split(" ", 1)[0] == "json"]
+    assert json_blocks, f"{doc} has no JSON examples"
+    for info, body in json_blocks:
+        assert info in {f"json {tag}" for tag in EXAMPLE_TAGS[doc]}, (doc, info)
+        assert isinstance(json.loads(body), dict), (doc, body[:60])
+    for info, body in fences:
+        if not info.startswith("json"):
+            assert not body.lstrip().startswith("{"), f"{doc}: JSON in a ```{info} block"
+
+
+def _labels(value: Any) -> tuple[list[str], list[tuple[str, ...]], list[str]]:
+    """The emotion labels, the key sets of emotion scores, and the intent labels that `value`
+    (an example, or anything in it) shows, wherever they sit."""
+    emotions: list[str] = []
+    scores: list[tuple[str, ...]] = []
+    intents: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict):
+            return
+        for key, item in node.items():
+            label = item.get("label") if isinstance(item, dict) else item
+            if key == "emotion" and isinstance(label, str):
+                emotions.append(label)
+            elif key == "intent" and isinstance(label, str):
+                intents.append(label)
+            elif key in ("scores", "emotion_scores") and isinstance(item, dict):
+                scores.append(tuple(item))
+            elif key == "top_intents":
+                intents.extend(entry["label"] for entry in item)
+            walk(item)
+
+    walk(value)
+    return emotions, scores, intents
+
+
+def test_every_label_in_the_docs_is_one_the_server_sends() -> None:
+    """Emotions are the service emotions (every score set has all of them, as the server
+    sends it); intents are the labels the shipped knowledge base answers."""
+    emotions_seen: set[str] = set()
+    docs_with: dict[str, set[str]] = {"emotion": set(), "intent": set()}
+    for doc, tag, example in _all_examples():
+        emotions, scores, intents = _labels(example)
+        where = f"{doc} {tag}: {json.dumps(example)[:80]}"
+        for label in emotions:
+            assert label in SERVICE_EMOTIONS, f"{where}: emotion {label!r}"
+        for keys in scores:
+            assert sorted(keys) == sorted(SERVICE_EMOTIONS), f"{where}: scores {keys}"
+        for label in intents:
+            assert label in SUPPORTED_INTENTS, f"{where}: intent {label!r}"
+        emotions_seen.update(emotions)
+        if emotions:
+            docs_with["emotion"].add(doc)
+        if intents:
+            docs_with["intent"].add(doc)
+    # Not vacuous: every doc shows labels, and more than one emotion is shown.
+    assert docs_with == {"emotion": set(EXAMPLE_TAGS), "intent": set(EXAMPLE_TAGS)}
+    assert len(emotions_seen) > 1
+
+
+def test_documented_behaviour_events_are_in_the_catalogue() -> None:
+    """Unknown event names are accepted (and embedded by hashing), but the docs show the
+    names the profile summary and the fusion model know."""
+    names: list[str] = []
+    for example in _examples("protocol.md", "client"):
+        if example["type"] == "event":
+            names.append(example["name"])
+        elif example["type"] == "events":
+            names.extend(item["name"] for item in example["items"])
+    for example in _examples("operators.md", "operator-server"):
+        profile = example.get("profile")
+        if isinstance(profile, dict):
+            names.extend(event["name"] for event in profile["events"])
+    assert len(names) >= 4
+    assert set(names) <= set(EVENT_CATALOGUE), set(names) - set(EVENT_CATALOGUE)
+
+
+def _voice_frame(example: dict[str, Any]) -> VoiceServerFrame:
+    fields = {k: v for k, v in example.items() if k != "type"}
+    if isinstance(fields.get("intent"), dict):
+        fields["intent"] = IntentLabel(**fields["intent"])
+    if isinstance(fields.get("emotion"), dict):
+        fields["emotion"] = EmotionLabel(**fields["emotion"])
+    classes: dict[str, type[Any]] = {
+        "started": VoiceStarted,
+        "transcript": Transcript,
+        "reply": VoiceReply,
+        "clear": VoiceClear,
+    }
+    if example["type"] == "error":
+        return VoiceErrorFrame(VoiceErrorCode(fields["code"]), fields["message"])
+    frame: VoiceServerFrame = classes[example["type"]](**fields)
+    return frame
+
+
+def test_native_voice_server_examples_are_what_the_server_writes() -> None:
+    examples = _examples("voice.md", "voice-server")
+    assert {e["type"] for e in examples} == {"started", "transcript", "reply", "clear", "error"}
+    for example in examples:
+        assert voice_to_dict(_voice_frame(example)) == example
+
+
+def test_operator_push_frames_are_what_the_server_writes() -> None:
+    """`session.turn`, `session.state`, `error` and `pong` have frame classes; a `result`
+    holds whatever its command answers (tests/test_operators.py checks those)."""
+    pushed = 0
+    for example in _examples("operators.md", "operator-server"):
+        fields = {k: v for k, v in example.items() if k not in ("type", "seq")}
+        frame: OperatorServerFrame
+        if example["type"] == "session.turn":
+            frame = SessionTurn(**fields)
+        elif example["type"] == "session.state":
+            frame = SessionState(**fields)
+        elif example["type"] == "error":
+            frame = ErrorReply(OperatorErrorCode(fields.pop("code")), **fields)
+        elif example["type"] == "pong":
+            frame = Pong(**fields)
+        else:
+            assert example["type"] == "result"
+            continue
+        assert operator_to_dict(frame, example["seq"]) == example
+        pushed += 1
+    assert pushed >= 4
+
+
+async def test_the_walkthrough_is_what_a_server_sends(open_client: ClientFactory) -> None:
+    """docs/protocol.md's conversation, start to finish, sent to a real server: the same
+    frames in the same order, the same reply text and labels (ids and scores differ)."""
+    section = DOC.split("## A conversation, start to finish", 1)[1].split("\n## ", 1)[0]
+    shown = [
+        (m["tag"].strip(), json.loads(m["body"]))
+        for m in _BLOCK.finditer(section)
+        if m["tag"].strip() in ("client", "server")
+    ]
+    client = await open_client()
+    received: list[dict[str, Any]] = []
+    for tag, frame in shown:
+        if tag == "client":
+            await client.send(frame)
+            continue
+        got = await client.recv()
+        received.append(got)
+        assert (got["type"], got["seq"]) == (frame["type"], frame["seq"]), (got, frame)
+        assert set(got) == set(frame), (got, frame)
+        for key in ("text", "handoff", "resumed", "last_seq", "id"):
+            assert got.get(key) == frame.get(key), key
+        for key in ("intent", "emotion"):
+            if key in frame:
+                assert got[key]["label"] == frame[key]["label"], key
+    assert [f["type"] for f in received] == ["welcome", "ack", "reply.delta", "reply"]

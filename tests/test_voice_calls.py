@@ -712,3 +712,39 @@ def test_voice_settings_make_a_valid_configuration() -> None:
     assert models.vad.max_utterance_s == 8.0
     with pytest.raises(SettingsError):
         Settings.from_env({"ASSISTANT_TTS": "festival"})
+
+
+async def test_a_caller_waiting_for_a_person_is_told_so_in_speech(
+    server: RunningServer,
+) -> None:
+    async with connect(server.url + "/voice") as ws:
+        start = {"type": "start", "user": {"external_id": "caller-waiting"}}
+        await ws.send(json.dumps({**start, "encoding": "pcm16", "sample_rate": 16000}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), RECV_S))["type"] == "started"
+
+        async def say(line: str) -> tuple[dict[str, Any], int]:
+            """The reply to `line`, and how much of its audio came after it (half a second
+            is enough: speech is paced in real time)."""
+            audio, rate = espeak(line)
+            pcm = pcm16_encode(resample(audio, rate, 16000)) + pcm16_encode(np.zeros(16000))
+            for begin in range(0, len(pcm), 640):  # 20 ms frames
+                await ws.send(pcm[begin : begin + 640])
+            reply: dict[str, Any] | None = None
+            spoken = 0
+            while reply is None or spoken < 16000:
+                message = await asyncio.wait_for(ws.recv(), RECV_S)
+                if isinstance(message, bytes):
+                    spoken += len(message) if reply is not None else 0
+                elif json.loads(message)["type"] == "reply":
+                    reply = json.loads(message)
+            return reply, spoken
+
+        handoff, spoken = await say("I want to talk to a real person.")
+        assert handoff["handoff"] is True and handoff["waiting"] == "nobody_online"
+        assert "call back later" in handoff["text"] and "writ" not in handoff["text"]
+        assert spoken > 0
+        waiting, spoken = await say("Is anyone there?")
+        assert waiting["handoff"] is True and waiting["waiting"] == "nobody_online"
+        assert waiting["text"] and waiting["text"] not in handoff["text"]
+        assert spoken > 0, "the caller hears where they stand"
+        await ws.send(json.dumps({"type": "stop"}))

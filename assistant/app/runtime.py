@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from assistant.voice.models import VoiceModels, VoiceModelsConfig
 from assistant.voice.service import VoiceConfig, VoiceService
 from fusion import BatcherConfig, FusionConfig, FusionRuntime
 from fusion.asr import AsrConfig
+from fusion.text_encoder import hide_loading_progress
 from fusion.vad import VadConfig
 from profiles import EngineOptions, OperatorStore, Store, migrate
 
@@ -133,7 +135,8 @@ def voice_config(settings: Settings) -> VoiceConfig:
 
 class Runtime:
     """Open with `start`, close with `stop`; `models` (and `voice`, the speech models) may be
-    passed in to share loaded weights; otherwise the speech models load with the first call."""
+    passed in to share loaded weights; otherwise the speech models load when `start` is told
+    to load them (the server does; /readyz waits for them), or else with the first call."""
 
     def __init__(
         self,
@@ -143,6 +146,8 @@ class Runtime:
         voice: VoiceModels | None = None,
     ) -> None:
         self.settings = settings
+        # The server's stderr is its log: a progress bar there would break its lines.
+        hide_loading_progress()
         self._own_models = models is None
         self.models = models or load_models(settings)
         self.store = Store.open(settings.db_url, engine_options(settings))
@@ -173,24 +178,51 @@ class Runtime:
             redis_up=lambda: self.cluster.up,
             batchers=lambda: self.models.batchers,
             store_cpu=lambda: self.store.thread_cpu_s,
+            fallbacks=self._fallbacks,
         )
         self._started = False
+        self._speech: asyncio.Task[None] | None = None
 
-    async def start(self, *, migrate_db: bool = False) -> None:
+    def _fallbacks(self) -> dict[str, int]:
+        generator = self.chat.turns.generator
+        return generator.stats.fallbacks_by_reason() if generator is not None else {}
+
+    async def start(self, *, migrate_db: bool = False, load_speech: bool = False) -> None:
+        """Open the store's schema if asked, build the reply generator, start the models'
+        batchers and the cluster. `load_speech`: start loading the speech models in the
+        background; the replica is not ready until they are (`speech_loaded` waits)."""
         if migrate_db:
             await asyncio.to_thread(migrate, self.settings.db_url)
         if self.settings.widget_secret is None:
             log.warning("ASSISTANT_WIDGET_SECRET is not set: anonymous widget users are allowed")
-        if self.chat.turns.generator is None:
-            self.chat.turns.generator = await asyncio.to_thread(
-                build_generator, self.settings, self.models
-            )
+        generator = self.chat.turns.generator
+        if generator is None:
+            generator = await asyncio.to_thread(build_generator, self.settings, self.models)
+            self.chat.turns.generator = generator
+        log.info("replies are written by %s", generator.model_description)
         self.models.start()
         self.chat.start()
         await self.cluster.start()
+        if load_speech and not self.voice.loaded:
+            self._speech = asyncio.create_task(self._load_speech(), name="speech-models")
         self._started = True
 
+    async def _load_speech(self) -> None:
+        started = time.perf_counter()
+        await self.voice.load()
+        log.info("speech models loaded in %.1f s", time.perf_counter() - started)
+
+    async def speech_loaded(self) -> None:
+        """Wait for the speech models that `start(load_speech=True)` is loading."""
+        if self._speech is not None:
+            await self._speech
+
     async def stop(self) -> None:
+        speech, self._speech = self._speech, None
+        if speech is not None:
+            speech.cancel()
+            # Waited for, not awaited: a load that failed has told `speech_loaded` already.
+            await asyncio.wait([speech])
         await self.voice.stop()
         await self.chat.stop()
         await self.cluster.stop()
@@ -209,6 +241,8 @@ class Runtime:
         """Why this replica should get no traffic now (None: ready)."""
         if not self._started:
             return "models loading"
+        if self._speech is not None and not self.voice.loaded:
+            return "speech models loading"
         if self.chat.draining:
             return "draining"
         if not await self.store.ping():

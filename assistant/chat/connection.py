@@ -160,7 +160,10 @@ class ChatConnection:
             if reading is not None:
                 reading.cancel()
             raise
-        session.emit(Ack(id=frame.id))
+        # While a person holds the conversation the message goes live to their console
+        # (user_turn), not to the bot: the ack says so.
+        held = session.held_by is not None
+        session.emit(Ack(id=frame.id, delivered_to="operator" if held else None))
         if created:
             service.metrics.message_stored()
             session.user_turn(turn)

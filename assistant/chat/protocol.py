@@ -203,6 +203,8 @@ class Ack:
     id: str | None
     stored: int | None = None
     duplicates: int | None = None
+    # "operator": a person holds the conversation and the message reached their console.
+    delivered_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +222,9 @@ class Reply:
     intent: IntentLabel | None = None
     emotion: EmotionLabel | None = None
     handoff: bool = False
+    # While the conversation waits for a person: where the customer stands
+    # (assistant.replies.waiting.WaitStatus).
+    waiting: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

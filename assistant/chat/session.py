@@ -95,6 +95,10 @@ class SessionObserver(Protocol):
 
     def on_closed(self, session: ChatSession) -> None: ...
 
+    async def operators_online(self) -> bool:
+        """Whether an operator who could take a session over is signed in on any replica."""
+        ...
+
 
 class ChatSession:
     def __init__(
@@ -114,7 +118,7 @@ class ChatSession:
         self.user = user
         self.conversation = conversation
         self._pipeline = turns
-        self._memory = TurnMemory(user.id, conversation.id)
+        self._memory = TurnMemory(user.id, conversation.id, conversation.channel)
         self._journal = journal
         self._metrics = metrics
         self._observer = observer
@@ -185,6 +189,9 @@ class ChatSession:
         """Until every frame emitted so far is stored."""
         await self._all_stored.wait()
 
+    async def operators_online(self) -> bool:
+        return self._observer is not None and await self._observer.operators_online()
+
     def _stored(self, unsent: _Unsent) -> None:
         """The journal stored a frame (it stores them in the order they were emitted)."""
         seq = self._stored_seq = unsent.seq
@@ -214,8 +221,9 @@ class ChatSession:
     def _replied(self, reply: Reply) -> None:
         # The next message's models may start now: the profile they read is predicted.
         self._answering = False
-        if reply.handoff:
-            self.waiting_for_operator = True
+        # A reply after a handoff says the conversation still waits, unless the customer went
+        # back to the bot (assistant.replies.waiting).
+        self.waiting_for_operator = reply.handoff and self.held_by is None
         if reply.intent is not None:
             self.intent = reply.intent.label
         if reply.emotion is not None:
@@ -339,6 +347,8 @@ class ChatSession:
         if snapshot.operator_id is not None:
             self.held_by = OperatorHold(snapshot.operator_id, snapshot.operator_name or "")
         self.waiting_for_operator = snapshot.waiting
+        if snapshot.waiting:
+            self._memory.waits()
         self.intent = snapshot.intent
         self.emotion = snapshot.emotion
 

@@ -27,12 +27,26 @@ from assistant.chat.protocol import Reply, ReplyDelta, ServerFrame
 from assistant.core.metrics import Metrics
 from assistant.core.wire import EmotionLabel, IntentLabel
 from assistant.replies.generation import GenerationRequest, ResponseGenerator
-from assistant.replies.handoff import HandoffState, near_handoff, turn_signal
+from assistant.replies.handoff import (
+    HandoffDecision,
+    HandoffState,
+    near_handoff,
+    take_over,
+    turn_signal,
+)
 from assistant.replies.handoff import release as release_handoff
 from assistant.replies.handoff import step as step_handoff
 from assistant.replies.profile_summary import summarize_profile
 from assistant.replies.prompting import ConversationTurn
 from assistant.replies.understanding import Understanding
+from assistant.replies.waiting import (
+    BACK_TO_BOT,
+    WaitingState,
+    WaitStatus,
+    asks_for_bot,
+    handoff_notice,
+    waiting_reply,
+)
 from fusion import (
     FuseResult,
     FusionRuntime,
@@ -109,6 +123,7 @@ class TurnMemory:
 
     user_id: str
     conversation_id: str
+    channel: str = "chat"  # chat | voice: a call's replies and notices are worded for a phone
     # The user's latest events by client id: read once, then kept up to date (None: unread).
     events: dict[str, EventRecord | SeenEvent] | None = None
     # This conversation's latest turns, newest last (None: unread).
@@ -118,6 +133,7 @@ class TurnMemory:
     profile: ProfileRecord | None = None
     profile_known: bool = False
     handoff: HandoffState = field(default_factory=HandoffState)
+    waiting: WaitingState = field(default_factory=WaitingState)
 
     @property
     def read_before(self) -> bool:
@@ -125,8 +141,14 @@ class TurnMemory:
         return self.profile_known and self.events is not None
 
     def released(self) -> None:
-        """An operator handed the conversation back: the bot answers again."""
+        """An operator handed the conversation back, or the customer asked for the bot: the
+        bot answers again."""
         self.handoff = release_handoff(self.handoff)
+        self.waiting = WaitingState()
+
+    def waits(self) -> None:
+        """The conversation waited for a person on the replica it comes from."""
+        self.handoff = take_over(self.handoff)
 
     def saved(self, profile: ProfileRecord | None) -> None:
         if profile is not None:
@@ -147,6 +169,10 @@ class TurnOutput(Protocol):
 
     async def wait_stored(self) -> None:
         """Until every frame emitted so far is stored."""
+        ...
+
+    async def operators_online(self) -> bool:
+        """Whether an operator who could take the conversation over is signed in anywhere."""
         ...
 
 
@@ -216,7 +242,7 @@ class TurnPipeline:
         read = await (
             turn.reading or self.read(memory, turn.text, datetime.now(UTC), turn.speech, turn.voice)
         )
-        profile, events, now = read.profile, read.events, read.now
+        profile, now = read.profile, read.now
         understanding = _understanding(read.reading.understanding)
         observed = Observed(read.reading.text_vector, read.reading.fused)
         history = await self._recent_turns(memory)
@@ -233,41 +259,20 @@ class TurnPipeline:
         # What the write below will store, unless another session of the user writes first:
         # the next message's models can start on it before the write commits.
         memory.profile = _predicted(memory.user_id, profile, change(profile), labels, now)
-        if not decision.answer:
-            # Waiting for an operator: the turn is stored, the profile learns, the bot is quiet.
-            async with self.user_lock(memory.user_id):
-                await self.store.label_turn(turn.turn_id, labels)
-                memory.saved(await self.store.apply_profile(memory.user_id, change))
-            memory.remember_turn(turn.record)
-            return
-        if self.generator is None:
-            raise RuntimeError("the turn pipeline has no response generator yet")
-        request = GenerationRequest(
-            user_id=memory.user_id,
-            utterance=turn.text,
-            understanding=understanding,
-            profile=summarize_profile(
-                memory.user_id, profile=profile, events=events, turns=history, now=now
-            ),
-            window=tuple(ConversationTurn(t.role, t.text) for t in history),
-            handoff=decision.handoff,
-            near_handoff=near_handoff(memory.handoff),
-            query_vector=observed.text_vector,
-        )
-        stream = self.generator.stream(request)
-        deltas = _Deltas(lambda text: out.emit(ReplyDelta(turn_id=turn.turn_id, text=text)))
-        try:
-            async for piece in stream:
-                if turn.recovered:
-                    continue
-                if out.listener is not None:
-                    deltas.flush()
-                    out.emit(ReplyDelta(turn_id=turn.turn_id, text=piece))
-                else:
-                    deltas.add(piece)
-        finally:
-            deltas.flush()
-        text = stream.result.text
+        if decision.answer:
+            said = await self._write(memory, turn, out, read, understanding, history, decision)
+        elif asks_for_bot(turn.text):
+            # The customer would rather carry on with the bot than wait for a person.
+            memory.released()
+            said = _Said(BACK_TO_BOT)
+        else:
+            # Waiting for a person: never silence, but no answer to the question either.
+            memory.waiting, wait = waiting_reply(
+                memory.waiting, await out.operators_online(), memory.channel
+            )
+            said = _Said(wait.text, handoff=True, waiting=wait.status)
+        if not decision.answer and not turn.recovered:
+            out.emit(ReplyDelta(turn_id=turn.turn_id, text=said.text))
         intent = (
             IntentLabel(understanding.intent, understanding.confidence)
             if understanding.intent is not None and understanding.confidence is not None
@@ -284,10 +289,11 @@ class TurnPipeline:
         out.emit(
             Reply(
                 turn_id=turn.turn_id,
-                text=text,
+                text=said.text,
                 intent=intent,
                 emotion=emotion,
-                handoff=decision.handoff,
+                handoff=said.handoff,
+                waiting=said.waiting.value if said.waiting is not None else None,
             )
         )
         latency_ms = (time.perf_counter() - turn.received) * 1000.0
@@ -300,13 +306,64 @@ class TurnPipeline:
             finished = await self.store.finish_turn(
                 turn.turn_id,
                 labels=labels,
-                reply_text=text,
+                reply_text=said.text,
                 latency_ms=latency_ms,
                 profile=change,
             )
         memory.saved(finished.profile)
         memory.remember_turn(turn.record)
         memory.remember_turn(finished.reply)
+
+    async def _write(
+        self,
+        memory: TurnMemory,
+        turn: PendingTurn,
+        out: TurnOutput,
+        read: TurnRead,
+        understanding: Understanding,
+        history: list[TurnRecord],
+        decision: HandoffDecision,
+    ) -> _Said:
+        """The generator's reply, streamed as deltas; a handoff's ends with where the customer
+        stands."""
+        if self.generator is None:
+            raise RuntimeError("the turn pipeline has no response generator yet")
+        profile, events, now = read.profile, read.events, read.now
+        request = GenerationRequest(
+            user_id=memory.user_id,
+            utterance=turn.text,
+            understanding=understanding,
+            profile=summarize_profile(
+                memory.user_id, profile=profile, events=events, turns=history, now=now
+            ),
+            window=tuple(ConversationTurn(t.role, t.text) for t in history),
+            handoff=decision.handoff,
+            near_handoff=near_handoff(memory.handoff),
+            channel=memory.channel,
+            query_vector=read.reading.text_vector,
+        )
+        stream = self.generator.stream(request)
+        deltas = _Deltas(lambda text: out.emit(ReplyDelta(turn_id=turn.turn_id, text=text)))
+
+        def send(piece: str) -> None:
+            if turn.recovered:
+                return
+            if out.listener is not None:
+                deltas.flush()
+                out.emit(ReplyDelta(turn_id=turn.turn_id, text=piece))
+            else:
+                deltas.add(piece)
+
+        try:
+            async for piece in stream:
+                send(piece)
+            if not decision.handoff:
+                return _Said(stream.result.text)
+            memory.waiting, notice = handoff_notice(await out.operators_online(), memory.channel)
+            send(" " + notice.text)
+            return _Said(f"{stream.result.text} {notice.text}", True, notice.status)
+        finally:
+            deltas.flush()
 
     async def _recent_events(self, memory: TurnMemory) -> list[EventRecord | SeenEvent]:
         limit = self.models.config.max_events
@@ -346,6 +403,15 @@ class TurnPipeline:
             )
 
         return change
+
+
+@dataclass(frozen=True, slots=True)
+class _Said:
+    """The text of a turn's reply and what its frame says about a handoff."""
+
+    text: str
+    handoff: bool = False
+    waiting: WaitStatus | None = None
 
 
 class _Deltas:

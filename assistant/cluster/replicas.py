@@ -10,6 +10,8 @@ Redis names (all start with the configured prefix, "assistant:" by default):
     replicas             sorted set: replica id -> time of its last heartbeat
     presence:{replica}   hash: session id -> JSON summary of a live session; expires
                          unless the replica refreshes it
+    operators:{replica}  string: how many operators who may take a session over are signed
+                         in there; expires with the presence
     replica:{replica}    channel: Calls for that replica, and Answers to the Calls it made
     live:{session}       channel: /operator frames about the session (turns, state)
     parked:{session}     string: a SessionSnapshot waiting to be resumed anywhere
@@ -77,6 +79,10 @@ class Replica(Protocol):
         """Summaries of the sessions held here, as operators' sessions.list shows them."""
         ...
 
+    def operators_signed_in(self) -> int:
+        """How many operators who may take a session over are signed in here."""
+        ...
+
     async def handle_call(self, call: Call) -> Answer: ...
 
     def deliver_live(self, session_id: str, frame: dict[str, Any]) -> None:
@@ -100,6 +106,7 @@ class Cluster:
         self._outgoing: deque[tuple[str, str]] = deque(maxlen=MAX_OUTGOING)
         self._outgoing_ready = asyncio.Event()
         self._presence_written: dict[str, str] = {}
+        self._operators_written: int | None = None
         self._presence_wake = asyncio.Event()
         # Set by `leave`: this replica no longer announces itself (it is draining).
         self._left = False
@@ -148,12 +155,14 @@ class Cluster:
         async def remove(client: Redis) -> None:
             pipe = client.pipeline(transaction=False)
             pipe.delete(self._key("presence", self.replica_id))
+            pipe.delete(self._key("operators", self.replica_id))
             pipe.zrem(self._key("replicas"), self.replica_id)
             await pipe.execute()
 
         self._left = True
         await self._run(remove)
         self._presence_written = {}
+        self._operators_written = None
 
     async def _run(self, operation: Callable[[Redis], Awaitable[T]]) -> T | None:
         return None if self._link is None else await self._link.run(operation)
@@ -167,6 +176,7 @@ class Cluster:
     def _reconnected(self) -> None:
         # Redis may have restarted empty or expired our keys during the outage.
         self._presence_written = {}
+        self._operators_written = None
         self._presence_wake.set()
 
     async def _presence(self) -> None:
@@ -190,10 +200,11 @@ class Cluster:
             sid: json.dumps(summary, ensure_ascii=False)
             for sid, summary in self._replica.session_summaries().items()
         }
+        operators = self._replica.operators_signed_in()
         written = self._presence_written
         changed = {sid: text for sid, text in current.items() if written.get(sid) != text}
         removed = [sid for sid in written if sid not in current]
-        if not (changed or removed or heartbeat):
+        if not (changed or removed or heartbeat or operators != self._operators_written):
             return True
         key = self._key("presence", self.replica_id)
         ttl_ms = int(self.config.presence_ttl_s * 1000)
@@ -205,6 +216,7 @@ class Cluster:
             if removed:
                 pipe.hdel(key, *removed)
             pipe.pexpire(key, ttl_ms)
+            pipe.set(self._key("operators", self.replica_id), operators, px=ttl_ms)
             now = time.time()
             pipe.zadd(self._key("replicas"), {self.replica_id: now})
             # Replicas that died without leaving.
@@ -214,6 +226,7 @@ class Cluster:
 
         if await self._run(write):
             self._presence_written = current
+            self._operators_written = operators
             return True
         return False
 
@@ -241,6 +254,18 @@ class Cluster:
                 with contextlib.suppress(ValueError):
                     summaries.append(json.loads(raw))
         return summaries
+
+    async def operators_elsewhere(self) -> int:
+        """How many operators who may take a session over are signed in on other replicas."""
+        peers = await self.peers()
+        if not peers:
+            return 0
+        counts = await self._run(lambda c: c.mget([self._key("operators", p) for p in peers]))
+        total = 0
+        for raw in counts or ():
+            with contextlib.suppress(TypeError, ValueError):
+                total += int(raw)
+        return total
 
     async def locate(self, session_id: str) -> tuple[str, Summary] | None:
         """The other replica holding `session_id`, and its summary; None: nobody else."""

@@ -1,7 +1,8 @@
 """The bottom of the conversation side, imported by every room and importing none of them.
 
 - logs: Structured logs: one JSON object per line, tagged with the session and user concerned.
-- metrics: Prometheus metrics of one server: connections, turns, latency, errors, micro-batches.
+- metrics: Prometheus metrics of one server: connections, turns, latency, errors, micro-batches and
+  the chat model's fallbacks.
 - outbox: A connection's bounded send queue and the one task that drains it, in order.
 - redaction: Redaction of card numbers, IBANs, emails and phone numbers before text is stored or
   logged.

@@ -19,7 +19,7 @@ _session_id: ContextVar[str | None] = ContextVar("session_id", default=None)
 _user_id: ContextVar[str | None] = ContextVar("user_id", default=None)
 
 # `extra` keys copied into the JSON object when a log call passes them.
-EXTRA_FIELDS = ("session_id", "user_id", "route", "code", "type", "replica", "count")
+EXTRA_FIELDS = ("session_id", "user_id", "route", "code", "type", "replica", "count", "reason")
 
 
 def bind_ids(*, session_id: str | None = None, user_id: str | None = None) -> None:
@@ -63,3 +63,6 @@ def configure_logging(level: str, log_format: Literal["auto", "json", "text"]) -
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # Python's warnings print straight to stderr: through the handler they are lines of the
+    # log, in its format, like everything else there.
+    logging.captureWarnings(True)

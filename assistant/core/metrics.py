@@ -1,4 +1,5 @@
-"""Prometheus metrics of one server: connections, turns, latency, errors, micro-batches.
+"""Prometheus metrics of one server: connections, turns, latency, errors, micro-batches and
+the chat model's fallbacks.
 
 Each Runtime owns its own registry, so several servers in one process (tests) never share
 or collide on counters. `render` is what GET /metrics answers.
@@ -6,7 +7,7 @@ or collide on counters. `render` is what GET /metrics answers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -37,6 +38,8 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 Batchers = Callable[[], Sequence[MicroBatcher[Any, Any]]]
+# Replies the chat model failed to write, by reason (timeout, error, empty).
+Fallbacks = Callable[[], Mapping[str, int]]
 
 
 class _BatcherCollector(Collector):
@@ -90,6 +93,24 @@ class _BatcherCollector(Collector):
         yield cpu
 
 
+class _FallbackCollector(Collector):
+    """Reads the reply generator's fallback counts at scrape time. The generator counts them
+    itself: it may be shared by several servers in one process (tests), as the models are."""
+
+    def __init__(self, fallbacks: Fallbacks) -> None:
+        self._fallbacks = fallbacks
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "assistant_llm_fallbacks",
+            "Replies the chat model failed to write (the composer's were sent), by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._fallbacks().items()):
+            family.add_metric([reason], count)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -137,12 +158,14 @@ class Metrics:
         redis_up: Callable[[], bool],
         batchers: Batchers,
         store_cpu: Callable[[], float],
+        fallbacks: Fallbacks,
     ) -> None:
         """Gauges read at scrape time from the objects that hold the state."""
         self.live_sessions.set_function(lambda: float(sessions()))
         self.redis_up.set_function(lambda: 1.0 if redis_up() else 0.0)
         self.store_cpu.set_function(store_cpu)
         self.registry.register(_BatcherCollector(batchers))
+        self.registry.register(_FallbackCollector(fallbacks))
 
     def opened(self, route: str) -> None:
         self.connections.labels(route).inc()

@@ -48,6 +48,7 @@ from assistant.operators.roles import allowed, commands_for
 from assistant.operators.service import CommandFailed, OperatorService
 from assistant.operators.views import (
     export_json,
+    live_session_json,
     operator_json,
     profile_view_json,
     summary_json,
@@ -129,6 +130,7 @@ class OperatorConnection:
 
     async def closed(self) -> None:
         service = self._service
+        service.signed_out(self)
         for session_id in list(self._watching):
             await service.unwatch(session_id, self)
         # Nobody may be left waiting on an operator who went away: hand those sessions back,
@@ -186,6 +188,7 @@ class OperatorConnection:
             return
         throttle.succeeded(self._peer)
         self.operator = operator
+        self._service.signed_in(self, operator.role)
         self.send(
             Result(
                 frame.id,
@@ -282,9 +285,11 @@ class OperatorConnection:
         return {"user_id": report.user_id, "rows": report.rows}
 
     async def _sessions(self, frame: SessionsList) -> dict[str, Any]:
-        sessions = await self._service.live_sessions()
-        await self._audit(frame.type, None, results=len(sessions))
-        return {"sessions": sessions}
+        service = self._service
+        live = await service.live_sessions()
+        stored = await service.ops.user_summaries({s["user_id"] for s in live})
+        await self._audit(frame.type, None, results=len(live))
+        return {"sessions": [live_session_json(s, stored.get(s["user_id"])) for s in live]}
 
     async def _watch(self, frame: SessionWatch) -> dict[str, Any]:
         service = self._service

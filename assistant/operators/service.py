@@ -26,9 +26,14 @@ from assistant.operators.protocol import (
     SessionTurn,
     to_dict,
 )
+from assistant.operators.roles import allowed
 from assistant.operators.sign_in_throttle import AuthThrottle, AuthThrottleConfig
 from assistant.operators.views import when
 from profiles import OperatorRecord, OperatorRole, OperatorStore, StoreUnavailable
+
+# How long a waiting customer's reply waits for other replicas' count of operators; a slow
+# Redis counts as nobody there, so the reply never promises a person it could not see.
+STAFF_CHECK_S = 0.5
 
 
 class CommandFailed(Exception):
@@ -96,6 +101,8 @@ class OperatorService:
         self.throttle = throttle or AuthThrottle(AuthThrottleConfig())
         self.cluster = chat.cluster
         self._watchers: dict[str, set[Watcher]] = {}
+        # Connections of signed-in operators whose role may take a session over.
+        self._staff: set[object] = set()
         chat.observer = self
         self.cluster.attach(self)
 
@@ -107,6 +114,25 @@ class OperatorService:
     def on_closed(self, session: ChatSession) -> None:
         self._announce(SessionState(session.id, "closed"))
         self._watchers.pop(session.id, None)
+
+    async def operators_online(self) -> bool:
+        if self._staff:
+            return True
+        try:
+            async with asyncio.timeout(STAFF_CHECK_S):
+                return await self.cluster.operators_elsewhere() > 0
+        except TimeoutError:
+            return False
+
+    def signed_in(self, connection: object, role: str) -> None:
+        if allowed(role, "session.takeover"):
+            self._staff.add(connection)
+            self.cluster.presence_changed()
+
+    def signed_out(self, connection: object) -> None:
+        if connection in self._staff:
+            self._staff.discard(connection)
+            self.cluster.presence_changed()
 
     def _announce(self, frame: SessionTurn | SessionState) -> None:
         """Tell the session's watchers here and on every other replica."""
@@ -138,6 +164,9 @@ class OperatorService:
 
     def session_summaries(self) -> dict[str, dict[str, Any]]:
         return {s.id: self._summary(s) for s in self.chat.sessions.values()}
+
+    def operators_signed_in(self) -> int:
+        return len(self._staff)
 
     def deliver_live(self, session_id: str, frame: dict[str, Any]) -> None:
         typed = _live_frame(session_id, frame)

@@ -50,6 +50,17 @@ def summary_json(item: UserSummary) -> dict[str, Any]:
     }
 
 
+def live_session_json(live: dict[str, Any], stored: UserSummary | None) -> dict[str, Any]:
+    """A live session's summary with its user's stored emotion and intent, so that the live
+    list, search and the profile view agree: a session only knows the labels of its own
+    replies, not a label an operator corrected or one given to a turn in another session."""
+    return {
+        **live,
+        "emotion": stored.current_emotion if stored else None,
+        "intent": stored.recent_intent if stored else None,
+    }
+
+
 def turn_json(turn: TurnRecord) -> dict[str, Any]:
     return {
         "id": turn.id,

@@ -19,6 +19,7 @@
   intent.
 - understanding: What the models made of one user turn, as the reply side sees it: plain values,
   no tensors.
+- waiting: What a customer waiting for a person is told: pure policy, no I/O.
 
 Other rooms import from these modules by name; nothing is re-exported here.
 """

@@ -74,6 +74,7 @@ class ReplyPlan:
     note: BehaviourNote | None = None
     offer_human: bool = False
     variant: int = 0  # picks among equivalent phrasings
+    channel: str = "chat"  # chat | voice: a call hears entries' voice wording
 
     @property
     def entry_ids(self) -> tuple[str, ...]:
@@ -154,9 +155,11 @@ def plan_reply(
     handoff: bool = False,
     near_handoff: bool = False,
     policy: ComposerPolicy = DEFAULT_POLICY,
+    channel: str = "chat",
 ) -> ReplyPlan:
     """Decide the reply; `handoff`: this turn goes to a person; `near_handoff`: one more
-    not-understood turn would (see assistant.replies.handoff.near_handoff)."""
+    not-understood turn would (see assistant.replies.handoff.near_handoff); `channel`: chat
+    or voice."""
     emotion = understanding.emotion
     if handoff:
         entry = kb.for_intent(HANDOFF)
@@ -181,6 +184,7 @@ def plan_reply(
         note=note,
         offer_human=offer_human,
         variant=_stable(entry.id, emotion or "", str(summary.turn_count)),
+        channel=channel,
     )
 
 
@@ -235,18 +239,19 @@ def render(plan: ReplyPlan) -> str:
     """The reply text of a plan."""
     parts: list[str] = []
     entry = plan.entry
+    answer = entry.answer_on(plan.channel)
     if plan.kind is ReplyKind.SMALL_TALK:
         if plan.note is not None:
-            parts.append(sentences(entry.answer)[0])
+            parts.append(sentences(answer)[0])
             parts.append(f"I can see that {plan.note.text}. Is that what you'd like help with?")
         else:
-            parts.append(entry.answer)
+            parts.append(answer)
         return " ".join(parts)
     first = opening(plan.emotion, plan.variant)
     if first:
         parts.append(first)
     if plan.kind is ReplyKind.HANDOFF:
-        parts.append(entry.answer)
+        parts.append(answer)
         return " ".join(parts)
     if plan.note is not None:
         parts.append(f"I can see that {plan.note.text}.")
@@ -265,16 +270,16 @@ def render(plan: ReplyPlan) -> str:
         else:
             parts.append(OPEN_CLARIFY)
     elif plan.kind is ReplyKind.OUT_OF_SCOPE:
-        parts.append(entry.answer)
+        parts.append(answer)
         if entry.follow_ups and not plan.offer_human:
             parts.append(entry.follow_ups[0])
     else:
         if plan.emotion == "frustrated":
-            parts.append(_first(entry.answer, 1))
+            parts.append(_first(answer, 1))
         elif plan.emotion == "angry":
-            parts.append(_first(entry.answer, 2))
+            parts.append(_first(answer, 2))
         else:
-            parts.append(entry.answer)
+            parts.append(answer)
         if entry.follow_ups and not plan.brief and not plan.offer_human:
             parts.append(entry.follow_ups[plan.variant % len(entry.follow_ups)])
     if plan.offer_human:
@@ -291,6 +296,7 @@ def compose(
     handoff: bool = False,
     near_handoff: bool = False,
     policy: ComposerPolicy = DEFAULT_POLICY,
+    channel: str = "chat",
 ) -> tuple[ReplyPlan, str]:
     """Plan and render in one call."""
     plan = plan_reply(
@@ -301,5 +307,6 @@ def compose(
         handoff=handoff,
         near_handoff=near_handoff,
         policy=policy,
+        channel=channel,
     )
     return plan, render(plan)

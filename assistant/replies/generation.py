@@ -27,6 +27,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +67,32 @@ class FallbackReason(StrEnum):
     EMPTY = "empty"
 
 
+# Where ChatOpenAI sends requests when neither the settings nor OPENAI_BASE_URL name a server.
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+
+
+def _public_url(url: str) -> str:
+    """`url` without what may be secret in it: user and password, query and fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def describe_model(config: GenerationConfig, chat_model: BaseChatModel | None) -> str:
+    """Who writes the replies, for the log: the LLM mode, its model and endpoint; never the
+    API key."""
+    if chat_model is None:
+        return "the composer (ASSISTANT_LLM=none)"
+    if config.llm == "openai":
+        # ChatOpenAI resolves the endpoint itself (OPENAI_BASE_URL when base_url is unset).
+        base = config.base_url or getattr(chat_model, "openai_api_base", None)
+        return f"openai model {config.model} at {_public_url(base or OPENAI_DEFAULT_URL)}"
+    if config.llm == "transformers":
+        return f"transformers model in {config.local_model_dir}"
+    return f"chat model {type(chat_model).__name__}"
+
+
 def _is_timeout(exc: BaseException) -> bool:
     """Client libraries time out with their own classes (openai.APITimeoutError,
     httpx.ReadTimeout), none of them a TimeoutError: recognise them by name."""
@@ -75,7 +102,8 @@ def _is_timeout(exc: BaseException) -> bool:
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """One user turn to answer. `handoff`: the policy hands this turn to a person;
-    `near_handoff`: one more not-understood turn would (the reply then offers a person)."""
+    `near_handoff`: one more not-understood turn would (the reply then offers a person);
+    `channel`: chat, or voice for a phone call (whose reply is spoken)."""
 
     user_id: str
     utterance: str
@@ -84,6 +112,7 @@ class GenerationRequest:
     window: tuple[ConversationTurn, ...] = ()
     handoff: bool = False
     near_handoff: bool = False
+    channel: str = "chat"
     # The utterance's embedding when the caller already has it (saves an encoder run).
     query_vector: npt.NDArray[np.float32] | None = None
 
@@ -119,6 +148,13 @@ class GenerationStats:
 
     def snapshot(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
+
+    def fallbacks_by_reason(self) -> dict[str, int]:
+        return {
+            FallbackReason.TIMEOUT.value: self.fallback_timeouts,
+            FallbackReason.ERROR.value: self.fallback_errors,
+            FallbackReason.EMPTY.value: self.fallback_empty,
+        }
 
 
 class ReplyStream:
@@ -159,6 +195,8 @@ class ResponseGenerator:
             build_reply_chain(chat_model) if chat_model is not None else None
         )
         self.stats = GenerationStats()
+        # For the log: at start, and with every fallback.
+        self.model_description = describe_model(self.config, chat_model)
 
     @classmethod
     def from_config(
@@ -236,6 +274,7 @@ class ResponseGenerator:
             handoff=request.handoff,
             near_handoff=request.near_handoff,
             policy=self.policy,
+            channel=request.channel,
         )
         sent: list[str] = []
         reason: FallbackReason | None = None
@@ -250,6 +289,7 @@ class ResponseGenerator:
                 passages=self._prompt_passages(plan, passages),
                 plan=plan,
             )
+            failure = ""
             try:
                 # aclosing: a reply abandoned mid-stream closes the model's stream at once.
                 async with contextlib.aclosing(self._model_pieces(chain, inputs)) as pieces:
@@ -261,11 +301,17 @@ class ResponseGenerator:
             except Exception as exc:  # any model or transport failure: the composer answers
                 reason = FallbackReason.TIMEOUT if _is_timeout(exc) else FallbackReason.ERROR
                 # The type only: a model's error text may quote the prompt or its output.
-                log.warning("reply model failed: %s", type(exc).__name__)
+                failure = f" ({type(exc).__name__})"
             if reason is None and not "".join(sent).strip():
                 reason = FallbackReason.EMPTY
             if reason is not None:
-                log.warning("reply model %s; the composer answers instead", reason.value)
+                log.warning(
+                    "reply model fallback, %s%s: %s; the composer answers instead",
+                    reason.value,
+                    failure,
+                    self.model_description,
+                    extra={"reason": reason.value},
+                )
         if chain is None or reason is not None:
             lead = PARAGRAPH if "".join(sent).strip() else ""
             chunks = sentence_chunks(composed)

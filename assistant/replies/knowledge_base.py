@@ -12,7 +12,9 @@ Answers live as TOML files in `assistant/replies/knowledge/` (shipped with the p
 - `follow_ups`: questions the assistant may ask next;
 - `questions`: how customers phrase it, embedded for retrieval with the answer;
 - `offer_human` (optional, default false): the topic is urgent or sensitive enough that the
-  reply always offers a person.
+  reply always offers a person;
+- `voice_answer` (optional): the answer as a phone call says it, where the chat wording would
+  not fit a call ("reply here", "this chat"); calls use `answer` without it.
 
 `load_knowledge_base` validates every field and, by default, that every supported intent has
 exactly one answer, so a missing answer fails at start-up and in tests, not in a conversation.
@@ -138,7 +140,14 @@ class KnowledgeEntry:
     follow_ups: tuple[str, ...]
     questions: tuple[str, ...]
     offer_human: bool = False
+    voice_answer: str | None = None
     source: str = ""  # file name, for error messages
+
+    def answer_on(self, channel: str) -> str:
+        """The answer as `channel` (chat or voice) says it."""
+        if channel == "voice" and self.voice_answer is not None:
+            return self.voice_answer
+        return self.answer
 
     def retrieval_texts(self) -> tuple[str, ...]:
         """What gets embedded for this entry: how customers ask, the title, and the answer."""
@@ -189,7 +198,7 @@ class KnowledgeBase:
 
 
 _REQUIRED = ("id", "intent", "title", "answer", "facts", "follow_ups", "questions")
-_OPTIONAL = ("offer_human",)
+_OPTIONAL = ("offer_human", "voice_answer")
 
 
 def _text(raw: Mapping[str, Any], key: str, where: str) -> str:
@@ -226,6 +235,7 @@ def parse_entry(raw: Mapping[str, Any], source: str) -> KnowledgeEntry:
         follow_ups=_texts(raw, "follow_ups", where, at_least=0),
         questions=_texts(raw, "questions", where, at_least=1),
         offer_human=offer_human,
+        voice_answer=_text(raw, "voice_answer", where) if "voice_answer" in raw else None,
         source=source,
     )
     if not entry.id.startswith("kb-"):

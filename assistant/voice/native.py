@@ -39,6 +39,8 @@ FloatArray = npt.NDArray[np.float32]
 class NativeConnection(VoiceConnection):
     """One `/voice` connection: JSON `start`, then binary audio in the announced format."""
 
+    ROUTE = "/voice"
+
     def __init__(self, service: VoiceService, transport: Transport) -> None:
         super().__init__(service, transport)
         self._encoding: Literal["pcm16", "mulaw"] = "pcm16"
@@ -48,6 +50,8 @@ class NativeConnection(VoiceConnection):
         self._told_to_start = False
 
     def _send(self, frame: VoiceServerFrame) -> None:
+        if isinstance(frame, VoiceErrorFrame):
+            self._count_error(frame.code)
         self._outbox.put(serialize_voice(frame))
 
     def _error(self, code: VoiceErrorCode, message: str) -> None:
@@ -151,6 +155,7 @@ class NativeConnection(VoiceConnection):
                 reply.intent,
                 reply.emotion,
                 reply.handoff,
+                reply.waiting,
             )
         )
 

@@ -483,6 +483,7 @@ class VoiceReply:
     intent: IntentLabel | None = None
     emotion: EmotionLabel | None = None
     handoff: bool = False
+    waiting: str | None = None  # as in /chat's reply: where a caller waiting for a person stands
 
 
 @dataclass(frozen=True, slots=True)

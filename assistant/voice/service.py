@@ -20,6 +20,7 @@ from assistant.core.outbox import Outbox, Transport
 from assistant.core.wire import CLOSE_SERVICE_RESTART
 from assistant.voice.call import CallConfig, CallRoute, VoiceCall
 from assistant.voice.models import VoiceModels, VoiceModelsConfig
+from assistant.voice.protocol import VoiceErrorCode
 from assistant.voice.speaker import Speaker
 from profiles import StoreUnavailable
 
@@ -56,6 +57,10 @@ class VoiceService:
         self._connections: set[VoiceConnection] = set()
         # Set by `drain`: no new calls; live ones are ended with their turns stored.
         self.draining = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._models is not None
 
     async def load(self) -> VoiceModels:
         """The voice models, loaded (off the event loop) and started on first use."""
@@ -125,6 +130,9 @@ class VoiceConnection:
     route's subclass (assistant/voice/twilio.py, assistant/voice/native.py) is also its
     call's CallRoute: it renders transcripts, replies, audio and marks its way."""
 
+    # The route's path, which labels its errors in /metrics.
+    ROUTE = ""
+
     def __init__(self, service: VoiceService, transport: Transport) -> None:
         self._service = service
         self._outbox = Outbox(transport, service.config.send_queue)
@@ -137,6 +145,10 @@ class VoiceConnection:
     def started(self) -> bool:
         """The call started (the server's opening-frame deadline stops counting)."""
         return self.call is not None
+
+    def _count_error(self, code: VoiceErrorCode) -> None:
+        """assistant_errors_total, as /chat counts its error frames."""
+        self._service.chat.metrics.error(self.ROUTE, code.value)
 
     def _identify(
         self, token: str | None, external_id: str | None, name: str | None, locale: str | None

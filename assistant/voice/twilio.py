@@ -5,7 +5,8 @@ invalid base64, a missing field, an unknown event, a binary frame) is ignored an
 goes on; the first is logged as a warning, later ones at debug level, and the count is
 logged when the call ends. A stream that cannot work at all (a `start` in another media
 format or with a refused token, `media` or `dtmf` before `start`) is logged in one line and
-closed with 1003 (unsupported data) or 1008 (policy violation).
+closed with 1003 (unsupported data) or 1008 (policy violation). Both count in /metrics by
+their error code, as other routes' error frames do.
 """
 
 from __future__ import annotations
@@ -56,13 +57,15 @@ TWILIO_RATE = 8000
 class TwilioConnection(VoiceConnection):
     """One Twilio Media Stream: see the module docstring for how bad input is handled."""
 
+    ROUTE = "/voice/twilio"
+
     def __init__(self, service: VoiceService, transport: Transport) -> None:
         super().__init__(service, transport)
         self._stream_sid: str | None = None
         self._ignored = 0
 
     async def on_binary(self, _data: bytes) -> None:
-        self._ignore("a binary frame (Twilio sends JSON text)")
+        self._ignore(VoiceErrorCode.INVALID_FRAME, "a binary frame (Twilio sends JSON text)")
 
     async def on_text(self, text: str) -> None:
         if self._ended:
@@ -70,11 +73,11 @@ class TwilioConnection(VoiceConnection):
         frame = parse_twilio(text)
         if isinstance(frame, VoiceError):
             if frame.code == VoiceErrorCode.UNSUPPORTED_AUDIO:
-                self._refuse(CLOSE_UNSUPPORTED, frame.message)
+                self._refuse(CLOSE_UNSUPPORTED, frame.code, frame.message)
             elif frame.kind == "start":
-                self._refuse(CLOSE_POLICY, frame.message)
+                self._refuse(CLOSE_POLICY, frame.code, frame.message)
             else:
-                self._ignore(f"{frame.code.value}: {frame.message}")
+                self._ignore(frame.code, frame.message)
             return
         if isinstance(frame, TwilioMedia):
             if self.call is None:
@@ -98,10 +101,10 @@ class TwilioConnection(VoiceConnection):
 
     async def _start(self, frame: TwilioStart) -> None:
         if self.call is not None:
-            self._ignore("a second 'start'")
+            self._ignore(VoiceErrorCode.ALREADY_STARTED, "a second 'start'")
             return
         if self._service.draining:
-            self._refuse(CLOSE_SERVICE_RESTART, "service restart")
+            self._refuse(CLOSE_SERVICE_RESTART, VoiceErrorCode.UNAVAILABLE, "service restart")
             return
         params = frame.custom_parameters
         caller = self._identify(
@@ -111,27 +114,29 @@ class TwilioConnection(VoiceConnection):
             params.get("locale"),
         )
         if isinstance(caller, str):
-            self._refuse(CLOSE_POLICY, caller)
+            self._refuse(CLOSE_POLICY, VoiceErrorCode.UNAUTHORIZED, caller)
             return
         self._stream_sid = frame.stream_sid
         try:
             self.call = await self._service.open_call(caller, self, TWILIO_RATE)
         except StoreUnavailable:
-            self._refuse(CLOSE_INTERNAL, "storage is unavailable")
+            self._refuse(CLOSE_INTERNAL, VoiceErrorCode.UNAVAILABLE, "storage is unavailable")
 
     def _before_start(self, event: str) -> None:
-        self._refuse(CLOSE_POLICY, f"'{event}' before 'start'")
+        self._refuse(CLOSE_POLICY, VoiceErrorCode.START_REQUIRED, f"'{event}' before 'start'")
 
-    def _refuse(self, code: int, reason: str) -> None:
+    def _refuse(self, code: int, error: VoiceErrorCode, reason: str) -> None:
         log.warning("twilio stream closed (%d): %s", code, reason)
+        self._count_error(error)
         self._ended = True
         # A close reason holds at most 123 bytes of UTF-8.
         self._outbox.close_soon(code, reason.encode()[:120].decode("utf-8", "ignore"))
 
-    def _ignore(self, what: str) -> None:
+    def _ignore(self, error: VoiceErrorCode, what: str) -> None:
         self._ignored += 1
+        self._count_error(error)
         level = logging.WARNING if self._ignored == 1 else logging.DEBUG
-        log.log(level, "twilio message ignored: %s", what[:200])
+        log.log(level, "twilio message ignored: %s: %s", error.value, what[:200])
 
     async def closed(self) -> None:
         await super().closed()
@@ -168,4 +173,5 @@ class TwilioConnection(VoiceConnection):
         return None  # heard as audio
 
     def failed(self, code: VoiceErrorCode, message: str) -> None:
+        self._count_error(code)
         log.warning("twilio call: %s: %s", code.value, message)

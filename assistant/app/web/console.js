@@ -3,6 +3,10 @@
 const $ = (id) => document.getElementById(id);
 const DASH = "—";
 const show = (value) => (value === null || value === undefined || value === "" ? DASH : String(value));
+// A user as a heading: the name when there is one, else the id the business knows them by.
+const displayName = (user) => user.name || user.external_id || user.user_id || user.id;
+// A user in a list: the name and the external id, or the external id alone.
+const who = (user) => (user.name ? `${user.name} · ${user.external_id}` : displayName(user));
 const el = (tag, cls, text) => {
   const node = document.createElement(tag);
   if (cls) node.className = cls;
@@ -15,6 +19,7 @@ let counter = 0;
 let me = null;
 let cursor = null;
 let watching = null; // session id
+let opening = null; // {sessionId, frames}: live frames that came before session.watch's answer
 const waiting = new Map(); // ref -> {resolve}
 
 function notice(text) { $("notice").textContent = text || ""; }
@@ -39,9 +44,28 @@ function onFrame(frame) {
     resolve(frame);
     return;
   }
-  if (frame.type === "session.turn" && frame.session_id === watching) addTurn($("watch-turns"), frame.turn);
-  if (frame.type === "session.state" && frame.session_id === watching) setHeld(frame.status, frame.operator);
+  if (frame.type === "session.turn" || frame.type === "session.state") {
+    if (opening && frame.session_id === opening.sessionId) opening.frames.push(frame);
+    else if (frame.session_id === watching) onLive(frame);
+    return;
+  }
   if (frame.type === "error") notice(frame.message);
+}
+
+function onLive(frame) {
+  if (frame.type === "session.state") { setHeld(frame.status, frame.operator); return; }
+  const box = $("watch-turns");
+  const turn = frame.turn;
+  const pushedBefore = box.querySelector(`.turn[data-role="user"][data-turn-id="${CSS.escape(turn.id)}"]`);
+  if (turn.role === "assistant") {
+    // A user turn is pushed before the models have read it: the reply that answers it
+    // (its id is the user turn's) carries its labels.
+    if (pushedBefore) setLabels(pushedBefore, turn.intent, turn.emotion);
+    if (!box.querySelector(`.turn[data-answers="${CSS.escape(turn.id)}"]`)) addTurn(box, turn, turn.id);
+    return;
+  }
+  if (turn.role === "user" && pushedBefore) return; // already in the history
+  addTurn(box, turn);
 }
 
 function connect(key) {
@@ -67,10 +91,10 @@ function connect(key) {
 
 function resultItem(item) {
   const li = el("li");
-  const button = el("button", "secondary", `${show(item.name)} · ${item.external_id}`);
+  const button = el("button", "secondary", who(item));
   button.dataset.userId = item.id;
   button.addEventListener("click", () => openProfile(item.id));
-  li.append(button, el("span", "muted", ` ${show(item.emotion)} · ${show(item.intent)} · seen ${item.last_seen_at.slice(0, 16)}`));
+  li.append(button, labelsSpan(item.intent, item.emotion), el("span", "muted", ` · seen ${item.last_seen_at.slice(0, 16)}`));
   return li;
 }
 
@@ -130,20 +154,47 @@ function drawContributions(shares) {
   }
 }
 
-function addTurn(box, turn) {
+// A user's emotion and intent, the same wherever they are shown (docs/operators.md).
+function labelsSpan(intent, emotion) {
+  const span = el("span", "muted labels");
+  setLabels(span, intent, emotion);
+  return span;
+}
+
+function setLabels(node, intent, emotion) {
+  const span = node.classList.contains("labels") ? node : node.querySelector(".labels");
+  span.dataset.intent = intent || "";
+  span.dataset.emotion = emotion || "";
+  span.textContent = ` ${show(emotion)} · ${show(intent)}`;
+}
+
+// `answers`: for an assistant turn, the user turn it answers.
+function addTurn(box, turn, answers) {
   const div = el("div", `turn ${turn.role}`);
   div.dataset.role = turn.role;
-  const labels = turn.role === "user" ? ` · ${show(turn.intent)} · ${show(turn.emotion)}` : "";
-  div.append(el("div", "who", `${turn.role} ${turn.at ? turn.at.slice(11, 19) : ""}${labels}`), el("div", "", turn.text));
+  if (turn.role === "user") div.dataset.turnId = turn.id;
+  if (answers) div.dataset.answers = answers;
+  const head = el("div", "who", `${turn.role} ${turn.at ? turn.at.slice(11, 19) : ""}`);
+  if (turn.role === "user") head.append(labelsSpan(turn.intent, turn.emotion));
+  div.append(head, el("div", "", turn.text));
   box.append(div);
   box.scrollTop = box.scrollHeight;
+}
+
+// Stored turns in order; each assistant turn answers the user turn before it.
+function addTurns(box, turns) {
+  let lastUser = null;
+  for (const t of turns) {
+    addTurn(box, t, t.role === "assistant" ? lastUser : undefined);
+    if (t.role === "user") lastUser = t.id;
+  }
 }
 
 async function openProfile(userId) {
   const { profile } = await ok("profile.get", { user_id: userId });
   $("profile").classList.remove("hidden");
   $("profile").dataset.userId = userId;
-  $("profile-title").textContent = show(profile.user.name);
+  $("profile-title").textContent = displayName(profile.user);
   $("profile-ids").textContent = `${profile.user.external_id} · ${profile.user.id} · ${profile.user.tenant}`;
   $("profile-emotion").textContent = show(profile.emotion);
   $("profile-intent").textContent = show(profile.intent);
@@ -163,13 +214,13 @@ async function openProfile(userId) {
   for (const c of profile.conversations) {
     const box = el("div");
     box.append(el("div", "muted", `${c.channel} · ${c.status} · ${c.started_at.slice(0, 16)}`));
-    c.turns.forEach((t) => addTurn(box, t));
+    addTurns(box, c.turns);
     convs.append(box);
   }
   $("neighbours").replaceChildren(...(profile.neighbours.length
     ? profile.neighbours.map((n) => {
       const li = el("li");
-      const b = el("button", "secondary", `${show(n.name)} · ${n.external_id}`);
+      const b = el("button", "secondary", who(n));
       b.addEventListener("click", () => openProfile(n.user_id));
       li.append(b, el("span", "muted", ` cos ${n.similarity.toFixed(3)}`));
       return li;
@@ -182,17 +233,26 @@ async function openProfile(userId) {
 async function refreshSessions() {
   const { sessions } = await ok("sessions.list");
   $("sessions").replaceChildren(...(sessions.length ? sessions.map((s) => {
-    const li = el("li");
-    const b = el("button", "secondary", `${show(s.name)} · ${s.external_id}`);
+    const li = el("li", s.connected ? "" : "offline");
+    li.dataset.sessionId = s.session_id;
+    li.dataset.connected = String(s.connected);
+    const b = el("button", "secondary", who(s));
     b.dataset.sessionId = s.session_id;
     b.addEventListener("click", () => watch(s.session_id, s));
     const tags = el("span");
+    if (!s.connected) tags.append(el("span", "tag disconnected", "disconnected"));
     if (s.waiting) tags.append(el("span", "tag waiting", "waiting"));
     tags.append(el("span", "tag", s.status === "operator" ? `with ${s.operator}` : "bot"));
-    tags.append(el("span", "muted", ` ${show(s.emotion)} · ${show(s.intent)}`));
+    tags.append(labelsSpan(s.intent, s.emotion));
     li.append(b, tags);
     return li;
   }) : [el("li", "muted", "no live conversations")]));
+  const watched = sessions.find((s) => s.session_id === watching);
+  if (watched) setConnected(watched.connected);
+}
+
+function setConnected(connected) {
+  $("watch-connection").classList.toggle("hidden", connected);
 }
 
 function setHeld(status, operator) {
@@ -207,14 +267,24 @@ function setHeld(status, operator) {
 
 async function watch(sessionId, summary) {
   if (watching && watching !== sessionId) await call("session.unwatch", { session_id: watching });
-  const answer = await ok("session.watch", { session_id: sessionId });
-  watching = sessionId;
+  watching = null;
+  // Watching starts before the server reads the history: keep what it pushes meanwhile.
+  const pending = (opening = { sessionId, frames: [] });
+  let answer;
+  try {
+    answer = await ok("session.watch", { session_id: sessionId });
+  } finally {
+    if (opening === pending) opening = null;
+  }
   $("watch").classList.remove("hidden");
   $("watch").dataset.sessionId = sessionId;
-  $("watch-title").textContent = `${show(summary.name)} · ${summary.external_id}`;
+  $("watch-title").textContent = who(summary);
   $("watch-turns").replaceChildren();
-  answer.turns.forEach((t) => addTurn($("watch-turns"), t));
+  addTurns($("watch-turns"), answer.turns);
   setHeld(answer.status, answer.operator);
+  setConnected(summary.connected);
+  watching = sessionId;
+  pending.frames.forEach(onLive);
 }
 
 $("login").addEventListener("submit", (e) => { e.preventDefault(); connect($("key").value.trim()); });
