@@ -7,7 +7,13 @@ from fusion.behaviour import EVENT_CATALOGUE, EventLike
 from fusion.device import select_device
 from fusion.heads import OUT_OF_SCOPE, SERVICE_EMOTIONS, UnderstandingResult
 from fusion.inference import FuseRequest, FuseResult, FusionInference
-from fusion.profile_update import ProfileState, ProfileUpdateConfig, update_profile, update_state
+from fusion.profile_update import (
+    ProfileState,
+    ProfileUpdateConfig,
+    conditions_heads,
+    update_profile,
+    update_state,
+)
 from fusion.serving import (
     FusionConfig,
     FusionRuntime,
@@ -65,6 +71,7 @@ __all__ = [
     "VadEvent",
     "VadModel",
     "VadStream",
+    "conditions_heads",
     "select_device",
     "update_profile",
     "update_state",

@@ -8,6 +8,12 @@ The profile stays a unit vector however long the history (bounded by constructio
 contributions stay a distribution over modalities; a user who returns after a long absence
 is described mostly by what they do now. A vector from another model version (another
 dimension or space) is not mixed in: the profile restarts from the new observation.
+
+The intent head's FiLM generator learned profiles of behaviour and speech alone (text left
+out: the head reads the message itself), so `conditions_heads` passes a profile to the heads
+only when some of it comes from those modalities. A profile made of words alone (a
+conversation so far of text turns, such as "Hello") lies where the generator never saw a
+vector, and there its modulation moved clear messages out of scope.
 """
 
 from __future__ import annotations
@@ -76,3 +82,13 @@ def update_state(
         for name in sorted(names)
     }
     return ProfileState(vector, contributions)
+
+
+# The modalities the FiLM generator was trained on (fusion.training.heads.film).
+CONDITIONING_MODALITIES: tuple[str, ...] = ("behaviour", "speech")
+
+
+def conditions_heads(contributions: Mapping[str, float]) -> bool:
+    """Whether a profile with these modality contributions may condition the intent head:
+    some of it must come from behaviour or speech, what the generator learned."""
+    return sum(float(contributions.get(m, 0.0)) for m in CONDITIONING_MODALITIES) > 0.0

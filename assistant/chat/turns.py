@@ -26,6 +26,7 @@ import numpy.typing as npt
 from assistant.chat.protocol import Reply, ReplyDelta, ServerFrame
 from assistant.core.metrics import Metrics
 from assistant.core.wire import EmotionLabel, IntentLabel
+from assistant.replies.conversation import read_conversation
 from assistant.replies.generation import GenerationRequest, ResponseGenerator
 from assistant.replies.handoff import (
     HandoffDecision,
@@ -56,6 +57,7 @@ from fusion import (
     TurnInput,
     TurnReading,
     UnderstandingResult,
+    conditions_heads,
 )
 from profiles import (
     EventRecord,
@@ -207,7 +209,12 @@ class TurnPipeline:
         profile = await self._profile_before(memory)
         events = await self._recent_events(memory)
         # A vector from another fusion model lives in another space: the heads get none.
-        usable = profile is not None and profile.model_version == models.model_version
+        # A vector of words alone is not what the heads learned to read (fusion.profile_update).
+        usable = (
+            profile is not None
+            and profile.model_version == models.model_version
+            and conditions_heads(profile.modality_contributions)
+        )
         reading = await models.read_turn(
             TurnInput(
                 text, profile.vector if profile and usable else None, events, now, speech, voice
@@ -243,7 +250,12 @@ class TurnPipeline:
             turn.reading or self.read(memory, turn.text, datetime.now(UTC), turn.speech, turn.voice)
         )
         profile, now = read.profile, read.now
-        understanding = _understanding(read.reading.understanding)
+        understanding = read_conversation(
+            self.generator.retriever.index if self.generator is not None else None,
+            turn.text,
+            read.reading.text_vector,
+            _understanding(read.reading.understanding),
+        )
         observed = Observed(read.reading.text_vector, read.reading.fused)
         history = await self._recent_turns(memory)
         labels = TurnLabels(

@@ -4,7 +4,7 @@ Two pure steps. `plan_reply` decides what to say:
 
 - **handoff** when the policy passes the conversation to a person;
 - **small talk** when the best passage is a greeting, thanks or goodbye that the text
-  clearly matches (no intent model predicts those);
+  clearly matches, or the turn is labelled one (`assistant.replies.conversation`);
 - **clarify** when the two best intents are close, or the one intent is unsure, or (with no
   intent model) the text matches two answers equally;
 - **out of scope** when the intent model says so, or nothing matches well enough;
@@ -107,6 +107,9 @@ def _choose(
         and top.similarity >= policy.small_talk_similarity
     ):
         return ReplyKind.SMALL_TALK, top.entry, ()
+    talk = kb.for_intent(u.intent) if u.intent in SMALL_TALK_INTENTS else None
+    if talk is not None:  # labelled by assistant.replies.conversation
+        return ReplyKind.SMALL_TALK, talk, ()
     if u.out_of_scope:
         return ReplyKind.OUT_OF_SCOPE, out_of_scope, ()
     predicted = kb.for_intent(u.intent)

@@ -6,7 +6,9 @@ Triggers, checked on each user turn:
 - **anger**: the emotion model hears anger at or above `anger_threshold` on this turn and on
   at least one other of the last `anger_window` turns;
 - **not understood**: this turn and the one before were each low-confidence or out-of-scope
-  (a turn without an intent model's confidence never counts: nothing measured it).
+  (a turn without an intent model's confidence never counts: nothing measured it, and a
+  conversation intent, such as a greeting or thanks (`assistant.replies.conversation`), is
+  understood whatever its confidence).
 
 Once handed off, the conversation waits for an operator and the bot stays quiet
 (`HandoffDecision.answer` is False) until an operator releases it; the release also forgets
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from assistant.replies.knowledge_base import CONVERSATION_INTENTS, OUT_OF_SCOPE
 from assistant.replies.understanding import Understanding
 
 
@@ -44,6 +47,8 @@ class HandoffPolicy:
 
 
 DEFAULT_POLICY = HandoffPolicy()
+# Greeting, thanks, goodbye, a request for a person: part of talking, never "not understood".
+_CONVERSATIONAL = frozenset(CONVERSATION_INTENTS) - {OUT_OF_SCOPE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,8 @@ class TurnSignal:
         return self.confidence is not None and self.confidence < policy.low_confidence
 
     def unresolved(self, policy: HandoffPolicy = DEFAULT_POLICY) -> bool:
+        if self.intent in _CONVERSATIONAL:
+            return False
         return self.out_of_scope or self.low_confidence(policy)
 
     def angry(self, policy: HandoffPolicy = DEFAULT_POLICY) -> bool:
