@@ -119,7 +119,7 @@ def test_a_call_hears_the_handoff_worded_for_a_phone() -> None:
     assert entry is not None and entry.voice_answer is not None
     _, chat, _ = _reply("get me a human", Understanding(), handoff=True)
     _, call, _ = _reply("get me a human", Understanding(), handoff=True, channel="voice")
-    assert chat == entry.answer and "reply here" in chat
+    assert chat == entry.answer and "this conversation" in chat
     assert call == entry.voice_answer and "this call" in call
     assert not re.search(r"\b(here|chat|write|read)\b", call), call
     _, angry_call, _ = _reply(
