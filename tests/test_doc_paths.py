@@ -41,6 +41,18 @@ def test_architecture_page_exists_and_names_the_rooms() -> None:
     assert len(named_paths(text)) > 40
 
 
+@pytest.mark.parametrize(
+    "room",
+    sorted(p.parent for p in (ROOT / "assistant").glob("*/__init__.py")),
+    ids=lambda p: p.name,
+)
+def test_each_room_lists_its_modules(room: Path) -> None:
+    """A room's `__init__` is its map: one line a module, none missing, none gone."""
+    listed = set(re.findall(r"^- (\w+):", (room / "__init__.py").read_text(), flags=re.M))
+    present = {p.stem for p in room.glob("*.py") if p.stem != "__init__"}
+    assert listed == present, f"{room.name}: listed {sorted(listed)}, present {sorted(present)}"
+
+
 def test_the_path_pattern_reads_what_pages_write() -> None:
     text = "see `assistant/chat/turns.py`, fusion/heads/ and `docs/report.{json,md}` or x/y.py"
     assert named_paths(text) == ["assistant/chat/turns.py", "fusion/heads/"]

@@ -2,6 +2,8 @@
 
 - composer: The default reply writer: no language model, grounded in the knowledge base,
   deterministic.
+- conversation: Conversation intents (greeting, thanks, goodbye, a request for a person),
+  recognised before the handoff policy counts the turn.
 - deltas: How a finished reply is cut into streamed deltas.
 - generation: Response generation for one turn: retrieve, plan, then write with the chat model
   or composer.
