@@ -28,7 +28,7 @@ from assistant.operators.protocol import (
 )
 from assistant.operators.roles import allowed
 from assistant.operators.sign_in_throttle import AuthThrottle, AuthThrottleConfig
-from assistant.operators.views import when
+from assistant.operators.views import live_turn_json, when
 from profiles import OperatorRecord, OperatorRole, OperatorStore, StoreUnavailable
 
 # How long a waiting customer's reply waits for other replicas' count of operators; a slow
@@ -69,17 +69,6 @@ def _recency(summary: dict[str, Any]) -> tuple[bool, float]:
     return (not summary["waiting"], -at)
 
 
-def _live_turn_json(turn: LiveTurn) -> dict[str, Any]:
-    return {
-        "id": turn.turn_id,
-        "role": turn.role,
-        "text": turn.text,
-        "intent": turn.intent,
-        "emotion": turn.emotion,
-        "at": when(turn.at),
-    }
-
-
 class Watcher(Protocol):
     """An operator's connection watching sessions: told every live frame about them."""
 
@@ -109,7 +98,7 @@ class OperatorService:
     # SessionObserver
 
     def on_turn(self, session: ChatSession, turn: LiveTurn) -> None:
-        self._announce(SessionTurn(session.id, _live_turn_json(turn)))
+        self._announce(SessionTurn(session.id, live_turn_json(turn)))
 
     def on_closed(self, session: ChatSession) -> None:
         self._announce(SessionState(session.id, "closed"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from assistant.chat.session import LiveTurn
 from profiles import (
     AuditRecord,
     ConversationRecord,
@@ -58,6 +59,18 @@ def live_session_json(live: dict[str, Any], stored: UserSummary | None) -> dict[
         **live,
         "emotion": stored.current_emotion if stored else None,
         "intent": stored.recent_intent if stored else None,
+    }
+
+
+def live_turn_json(turn: LiveTurn) -> dict[str, Any]:
+    """A turn as a watching operator sees it the moment it happens."""
+    return {
+        "id": turn.turn_id,
+        "role": turn.role,
+        "text": turn.text,
+        "intent": turn.intent,
+        "emotion": turn.emotion,
+        "at": when(turn.at),
     }
 
 
