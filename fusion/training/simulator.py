@@ -25,7 +25,10 @@ Each session draws:
    A clip's emotion is `clip_emotion`: the heads' RAVDESS-to-service mapping read among
    `EMOTIONS` (disgust counts as angry; "surprised", confused, is not used).
 5. **Behaviour**: with probability `behaviour_absent_p` no events (a user the widget never
-   saw); otherwise
+   saw); then, with probability `background_only_p` (0 by default; the intent head's FiLM
+   generator draws with 0.2, so it learns that browsing alone says nothing about intent),
+   only 1 to `background_events[1]` generic events from the last minutes to 30 days;
+   otherwise
    - the intent's signature steps (`INTENT_PATTERNS`), each kept with probability
      `signature_keep_p`, at an age drawn log-uniformly from the step's range, each key
      property replaced with probability `prop_noise_p` by a value that property takes
@@ -97,6 +100,7 @@ class SimulatorConfig:
     ambiguous_share: float = 0.35
     speech_absent_p: float = 0.3
     behaviour_absent_p: float = 0.1
+    background_only_p: float = 0.0
     signature_keep_p: float = 0.75
     prop_noise_p: float = 0.15
     background_events: tuple[int, int] = (2, 8)
@@ -205,20 +209,34 @@ class _SessionMaker:
         steps = [s for name in names for s in INTENT_PATTERNS.get(name, ())]
         return steps[int(rng.integers(len(steps)))] if steps else None
 
+    def _background(
+        self,
+        lo: int,
+        hi: int,
+        now: datetime,
+        rng: np.random.Generator,
+        hours: tuple[float, float] = (0.1, 30 * DAY),
+    ) -> tuple[Event, ...]:
+        out = []
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            step = BACKGROUND[int(rng.integers(len(BACKGROUND)))]
+            out.append(self._event(Step(step.name, step.props, hours), now, rng, False))
+        return tuple(sorted(out, key=lambda e: e.occurred_at))
+
     def events(
         self, intent: str, emotion: str, now: datetime, rng: np.random.Generator
     ) -> tuple[Event, ...]:
         cfg = self.config
         if rng.random() < cfg.behaviour_absent_p:
             return ()
+        # Drawn only when asked for, so the default config's sessions stay bit for bit the same.
+        if cfg.background_only_p > 0.0 and rng.random() < cfg.background_only_p:
+            return self._background(1, cfg.background_events[1], now, rng, (0.005, 30 * DAY))
         out: list[Event] = []
         for step in INTENT_PATTERNS.get(intent, ()):
             if rng.random() < cfg.signature_keep_p:
                 out.append(self._event(step, now, rng, noisy=True))
-        lo, hi = cfg.background_events
-        for _ in range(int(rng.integers(lo, hi + 1))):
-            step = BACKGROUND[int(rng.integers(len(BACKGROUND)))]
-            out.append(self._event(Step(step.name, step.props, (0.1, 30 * DAY)), now, rng, False))
+        out.extend(self._background(*cfg.background_events, now, rng))
         if rng.random() < cfg.foreign_step_p:
             others = [name for name in self.intents if name != intent]
             foreign = self._foreign([others[int(rng.integers(len(others)))]], rng)

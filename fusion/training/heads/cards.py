@@ -124,7 +124,9 @@ def intent_card(report: dict[str, Any], path: Path) -> str:
             "scored. **CC BY 3.0**.",
             "- The FiLM generator was trained on **simulated** sessions "
             "(`fusion.training.simulator`: "
-            "Banking77 train utterances, simulated behaviour, RAVDESS clips) through the shipped "
+            "Banking77 train utterances, simulated behaviour, RAVDESS clips; one session in five "
+            "with browsing alone, so that unrelated events leave a message's reading alone) "
+            "through the shipped "
             f"fusion model (`fusion/weights/fusion.pt`, sha256 `{a['profile_space'][:16]}...`). "
             "With other fusion weights the profile is ignored (text-only path). RAVDESS is "
             "**CC BY-NC-SA 4.0, non-commercial**, and the FiLM part inherits that restriction.",

@@ -32,7 +32,13 @@ from fusion.training.calibration import expected_calibration_error, fit_temperat
 from fusion.training.corrections import intent_rows, read_corrections
 from fusion.training.data import load_banking77, load_clinc_oos
 from fusion.training.features import digest, text_features
-from fusion.training.heads.film import film_validation, fit_film, load_fusion, simulated_sessions
+from fusion.training.heads.film import (
+    BACKGROUND_ONLY_P,
+    film_validation,
+    fit_film,
+    load_fusion,
+    simulated_sessions,
+)
 from fusion.training.heads.intent_figures import (
     INTENT_SERVING,
     choose_threshold,
@@ -175,7 +181,14 @@ def train_intent(args: argparse.Namespace, data_dir: Path, device: torch.device)
     # Profile conditioning, trained and measured on simulated sessions only.
     fusion, fusion_sha = load_fusion(device)
     film_train, info_train = simulated_sessions(
-        data_dir, intents, train.labels, args.sim_seed, args.sessions, fusion, progress
+        data_dir,
+        intents,
+        train.labels,
+        args.sim_seed,
+        args.sessions,
+        fusion,
+        progress,
+        background_only_p=BACKGROUND_ONLY_P,
     )
     fit_film(
         model,
