@@ -31,6 +31,7 @@ from assistant import (
     CSP,
     MAX_FRAME_BYTES,
     METRICS_CONTENT_TYPE,
+    TWILIO_SIGNATURE_HEADER,
     ChatConnection,
     Models,
     NativeConnection,
@@ -44,6 +45,8 @@ from assistant import (
     VoiceModels,
     single_threaded_blas,
     static_asset,
+    twilio_refusal,
+    twilio_stream_url,
 )
 from assistant.app.cli import run as run_cli
 
@@ -187,11 +190,33 @@ class App:
             if asset is not None and request.headers.get("Upgrade") is None:
                 return _page(asset.content_type, asset.body)
             return connection.respond(HTTPStatus.NOT_FOUND, f"no route {path}\n")
+        if path == TwilioConnection.ROUTE:
+            unsigned = self._unsigned_stream(connection, request)
+            if unsigned is not None:
+                return unsigned
         if self._over_limit(_address(connection)):
+            self.runtime.metrics.upgrade_refused(path, "too_many_connections")
             return connection.respond(
                 HTTPStatus.TOO_MANY_REQUESTS, "too many connections from this address\n"
             )
         return None
+
+    def _unsigned_stream(self, connection: ServerConnection, request: Request) -> Response | None:
+        """HTTP 403 for a Twilio stream without Twilio's signature, when the server has the
+        auth token to check it (docs/voice.md#signed-streams)."""
+        settings = self.runtime.settings
+        if settings.twilio_auth_token is None:
+            return None
+        url = twilio_stream_url(request.path, request.headers.get_all("Host"), settings.public_url)
+        refusal = twilio_refusal(
+            settings.twilio_auth_token, url, request.headers.get_all(TWILIO_SIGNATURE_HEADER)
+        )
+        if refusal is None:
+            return None
+        self.runtime.metrics.upgrade_refused(TwilioConnection.ROUTE, refusal)
+        # The URL checked, without its query, tells a misconfigured ASSISTANT_PUBLIC_URL apart.
+        log.warning("refused a Twilio stream: %s for %s", refusal, url.partition("?")[0])
+        return connection.respond(HTTPStatus.FORBIDDEN, f"{refusal}\n")
 
     async def connected(self, connection: ServerConnection) -> None:
         """websockets' handler: counts the connection by route around `handle`."""
@@ -304,6 +329,8 @@ async def running(
             logging.getLogger(name).addFilter(floor)
     runtime = Runtime(settings, models, generator, voice)
     await runtime.start(migrate_db=migrate_db, load_speech=load_speech)
+    if settings.twilio_auth_token is None:
+        log.warning("ASSISTANT_TWILIO_AUTH_TOKEN is not set: Twilio streams are not verified")
     app = App(runtime)
     origins = [None, *settings.allowed_origins] if settings.allowed_origins else None
     try:

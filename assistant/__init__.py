@@ -34,6 +34,11 @@ from assistant.replies.generation import ResponseGenerator
 from assistant.voice.models import VoiceModels, VoiceModelsConfig
 from assistant.voice.native import NativeConnection
 from assistant.voice.twilio import TwilioConnection
+from assistant.voice.twilio_signature import (
+    TWILIO_SIGNATURE_HEADER,
+    twilio_refusal,
+    twilio_stream_url,
+)
 
 __all__ = [
     "CLOSE_POLICY",
@@ -42,6 +47,7 @@ __all__ = [
     "CSP",
     "MAX_FRAME_BYTES",
     "METRICS_CONTENT_TYPE",
+    "TWILIO_SIGNATURE_HEADER",
     "ChatConnection",
     "Cluster",
     "ClusterConfig",
@@ -66,5 +72,7 @@ __all__ = [
     "redact",
     "single_threaded_blas",
     "static_asset",
+    "twilio_refusal",
+    "twilio_stream_url",
     "verify_token",
 ]

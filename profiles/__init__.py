@@ -2,6 +2,7 @@
 
 from profiles.engine import DEFAULT_DB_URL, EngineOptions
 from profiles.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from profiles.migrate import UpgradeReport
 from profiles.migrate import check as check_schema
 from profiles.migrate import upgrade as migrate
 from profiles.operator_records import (
@@ -69,6 +70,7 @@ __all__ = [
     "StoredFrame",
     "TurnLabels",
     "TurnRecord",
+    "UpgradeReport",
     "UserExport",
     "UserQuery",
     "UserRecord",

@@ -173,13 +173,23 @@ class Conversation(Base):
     status: Mapped[str] = mapped_column(String(8), default="bot")
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column()
+    # The position the conversation's next turn takes (see Turn.position).
+    next_position: Mapped[int] = mapped_column(Integer, default=0)
+    # What the conversation is about so far (topic, open questions, details gathered), as the
+    # turn that last changed it left it; None until a turn sets it.
+    dialogue_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Turn(Base):
+    """One thing said in a conversation. `position` is its place in the conversation, taken
+    when it was said: a user turn takes two, the second kept for the reply that answers it
+    (written later, after the next message may have been stored); an operator turn takes one.
+    Readers order a conversation by position, never by `created_at` (the time it was said)."""
+
     __tablename__ = "turns"
     __table_args__ = (
         UniqueConstraint("conversation_id", "client_id", name="uq_turns_conversation_client"),
-        Index("ix_turns_conversation_created", "conversation_id", "created_at"),
+        Index("ix_turns_conversation_position", "conversation_id", "position", unique=True),
         Index("ix_turns_user_created", "user_id", "created_at"),
     )
 
@@ -195,6 +205,7 @@ class Turn(Base):
     emotion_scores: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    position: Mapped[int] = mapped_column(Integer)
 
 
 class SessionFrame(Base):

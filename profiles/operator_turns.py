@@ -3,15 +3,18 @@ models' labels on the user's turns (kept for the intent and emotion trainers).""
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from profiles.errors import NotFound
-from profiles.models import Conversation, LabelCorrection, Profile, Turn, User, utcnow
+from profiles.models import LabelCorrection, Profile, Turn, User, utcnow
 from profiles.operator_records import LabelCorrectionRecord, LabelField
 from profiles.records import TurnRecord
 from profiles.rows import correction_record, turn_record
 from profiles.transactions import Transactions
+from profiles.turn_writes import InsertTurn
 
 __all__ = ["OperatorTurns"]
 
@@ -22,20 +25,9 @@ class OperatorTurns:
     _transactions: Transactions
 
     async def add_operator_turn(self, conversation_id: str, text: str) -> TurnRecord:
-        async with self._transactions.tx() as session:
-            conversation = await session.get(Conversation, conversation_id)
-            if conversation is None:
-                raise NotFound(conversation_id)
-            row = Turn(
-                conversation_id=conversation_id,
-                user_id=conversation.user_id,
-                role="operator",
-                text=text,
-                created_at=utcnow(),
-            )
-            session.add(row)
-            await session.flush()
-            return turn_record(row)
+        """An operator's turn, said now: the conversation's next position."""
+        insert = InsertTurn(conversation_id, None, "operator", text, utcnow())
+        return cast(TurnRecord, await self._transactions.run(insert))
 
     async def get_turn(self, turn_id: str) -> TurnRecord | None:
         return await self._transactions.get(Turn, turn_id, turn_record)

@@ -62,9 +62,13 @@ class Privacy:
                 .order_by(Conversation.started_at, Conversation.id),
                 conversation_record,
             )
+            # Conversation by conversation, each in the order it was said.
             turns = await records(
                 session,
-                select(Turn).where(Turn.user_id == user_id).order_by(Turn.created_at, Turn.id),
+                select(Turn)
+                .join(Conversation, Conversation.id == Turn.conversation_id)
+                .where(Turn.user_id == user_id)
+                .order_by(Conversation.started_at, Conversation.id, Turn.position),
                 turn_record,
             )
             events = await records(

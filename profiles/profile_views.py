@@ -95,7 +95,7 @@ class ProfileViews:
                     session,
                     select(Turn)
                     .where(Turn.conversation_id == conversation.id)
-                    .order_by(Turn.created_at.desc(), Turn.id.desc())
+                    .order_by(Turn.position.desc())
                     .limit(turns_per_conversation),
                     turn_record,
                 )

@@ -59,6 +59,7 @@ class ConversationRecord:
     status: ConversationStatus
     started_at: datetime
     ended_at: datetime | None
+    dialogue_state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,8 @@ class TurnRecord:
     emotion: str | None
     emotion_scores: dict[str, Any] | None
     latency_ms: float | None
-    created_at: datetime
+    created_at: datetime  # when it was said
+    position: int  # its place in the conversation (profiles.models.Turn)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ run in `profiles.transactions` (group commit on SQLite); the turn path's writes 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Engine, delete, func, select, text
@@ -52,14 +53,13 @@ from profiles.rows import (
     user_record,
 )
 from profiles.transactions import Transactions
-from profiles.turn_statements import INSERT_FRAMES, frame_row, turn_row
+from profiles.turn_statements import INSERT_FRAMES, frame_row
 from profiles.turn_writes import (
     FinishTurn,
     InsertTurn,
     ProfileChange,
     ProfileWrite,
     label_turn,
-    new_turn,
     write_profiles,
 )
 
@@ -179,17 +179,14 @@ class Store:
     async def add_user_turn(
         self, conversation_id: str, user_id: str, client_id: str, text: str
     ) -> tuple[TurnRecord, bool]:
-        """Store a user's turn; the same client id twice in a conversation is one turn.
+        """Store a user's turn, said now; the same client id twice in a conversation is one
+        turn (the second takes no positions).
 
         Returns the turn and whether it was created now. Committed when this returns.
         """
-        record = new_turn(
-            conversation_id, user_id, "user", text, created_at=utcnow(), client_id=client_id
-        )
-        values = turn_row(record)
+        insert = InsertTurn(conversation_id, user_id, "user", text, utcnow(), client_id)
         try:
-            await self.transactions.run(InsertTurn(values))
-            return record, True
+            return cast(TurnRecord, await self.transactions.run(insert)), True
         except IntegrityError:
             pass
 
@@ -217,21 +214,33 @@ class Store:
         reply_text: str,
         latency_ms: float,
         profile: ProfileChange | None,
+        said_at: datetime | None = None,
+        dialogue_state: dict[str, Any] | None = None,
     ) -> FinishedTurn:
-        """One transaction: the user turn's labels, the assistant's reply turn and the profile."""
+        """One transaction: the user turn's labels, the assistant's reply turn (said at
+        `said_at`, default now, and placed right after its message), the profile, and the
+        conversation's dialogue state when given (None leaves it as it is)."""
         lock = self.backend == "postgresql"
         return cast(
             FinishedTurn,
             await self.transactions.run(
-                FinishTurn(user_turn_id, labels, reply_text, latency_ms, profile, lock)
+                FinishTurn(
+                    user_turn_id,
+                    labels,
+                    reply_text,
+                    latency_ms,
+                    profile,
+                    lock,
+                    said_at,
+                    dialogue_state,
+                )
             ),
         )
 
     async def list_turns(self, conversation_id: str) -> list[TurnRecord]:
+        """The conversation's turns in the order they were said."""
         return await self.transactions.records(
-            select(Turn)
-            .where(Turn.conversation_id == conversation_id)
-            .order_by(Turn.created_at, Turn.role.desc()),
+            select(Turn).where(Turn.conversation_id == conversation_id).order_by(Turn.position),
             turn_record,
         )
 
@@ -373,11 +382,12 @@ class Store:
             return list(await session.scalars(query))
 
     async def list_user_turns(self, user_id: str) -> list[TurnRecord]:
-        """Everything a user said, across conversations, oldest first."""
+        """Everything a user said, across conversations, oldest first (a user turn's
+        `created_at` is when it was said; within a conversation, position decides ties)."""
         return await self.transactions.records(
             select(Turn)
             .where(Turn.user_id == user_id, Turn.role == "user")
-            .order_by(Turn.created_at, Turn.id),
+            .order_by(Turn.created_at, Turn.conversation_id, Turn.position),
             turn_record,
         )
 

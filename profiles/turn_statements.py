@@ -12,10 +12,11 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
 
-from profiles.models import Profile, ProfileSnapshot, SessionFrame, Turn, User
+from profiles.models import Conversation, Profile, ProfileSnapshot, SessionFrame, Turn, User
 from profiles.records import StoredFrame, TurnRecord
 
 __all__ = [
+    "ADD_POSITIONS",
     "INSERT_FRAMES",
     "INSERT_PROFILE",
     "INSERT_SNAPSHOT",
@@ -24,7 +25,10 @@ __all__ = [
     "LABEL_TURNS",
     "SELECT_PROFILES",
     "SELECT_PROFILES_FOR_UPDATE",
+    "SELECT_TAKEN_POSITIONS",
     "SELECT_TURN_OWNERS",
+    "TAKE_POSITIONS",
+    "UPDATE_CONVERSATION",
     "UPDATE_PROFILE",
     "UPDATE_USER",
     "frame_row",
@@ -36,15 +40,29 @@ _profiles = cast(Table, Profile.__table__)
 _snapshots = cast(Table, ProfileSnapshot.__table__)
 _users = cast(Table, User.__table__)
 _frames = cast(Table, SessionFrame.__table__)
+_conversations = cast(Table, Conversation.__table__)
 
 # An UPDATE sets the columns named in its parameters; the row is picked by the `b_` one.
 INSERT_TURN = insert(_turns)
 LABEL_TURNS = update(_turns).where(_turns.c.id == bindparam("b_id"))
-# Alone, the label update returns its turn's owner; an executemany cannot return rows.
-LABEL_TURN = LABEL_TURNS.returning(_turns.c.conversation_id, _turns.c.user_id)
-SELECT_TURN_OWNERS = select(_turns.c.id, _turns.c.conversation_id, _turns.c.user_id).where(
-    _turns.c.id.in_(bindparam("b_ids", expanding=True))
+# Alone, the label update returns its turn's owner and place; an executemany cannot return
+# rows.
+LABEL_TURN = LABEL_TURNS.returning(_turns.c.conversation_id, _turns.c.user_id, _turns.c.position)
+SELECT_TURN_OWNERS = select(
+    _turns.c.id, _turns.c.conversation_id, _turns.c.user_id, _turns.c.position
+).where(_turns.c.id.in_(bindparam("b_ids", expanding=True)))
+# A turn's positions are taken from its conversation's counter, in the turn's transaction: the
+# row stays locked until the commit, so concurrent writers of one conversation take turns.
+# Alone, one statement takes them and says which they are (and whose conversation it is);
+# a batch adds each conversation's share with an executemany and reads the counters back.
+UPDATE_CONVERSATION = update(_conversations).where(_conversations.c.id == bindparam("b_id"))
+ADD_POSITIONS = UPDATE_CONVERSATION.values(
+    next_position=_conversations.c.next_position + bindparam("b_count")
 )
+TAKE_POSITIONS = ADD_POSITIONS.returning(_conversations.c.next_position, _conversations.c.user_id)
+SELECT_TAKEN_POSITIONS = select(
+    _conversations.c.id, _conversations.c.next_position, _conversations.c.user_id
+).where(_conversations.c.id.in_(bindparam("b_ids", expanding=True)))
 # PostgreSQL reads them FOR UPDATE: the read-modify-write of a profile is safe across
 # replicas. In user id order: transactions that lock several profiles lock them in one order.
 SELECT_PROFILES = (

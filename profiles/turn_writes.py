@@ -29,6 +29,7 @@ from profiles.records import (
 from profiles.rows import profile_record, to_bytes
 from profiles.transactions import Grouped
 from profiles.turn_statements import (
+    ADD_POSITIONS,
     INSERT_PROFILE,
     INSERT_SNAPSHOT,
     INSERT_TURN,
@@ -36,7 +37,10 @@ from profiles.turn_statements import (
     LABEL_TURNS,
     SELECT_PROFILES,
     SELECT_PROFILES_FOR_UPDATE,
+    SELECT_TAKEN_POSITIONS,
     SELECT_TURN_OWNERS,
+    TAKE_POSITIONS,
+    UPDATE_CONVERSATION,
     UPDATE_PROFILE,
     UPDATE_USER,
     turn_row,
@@ -66,6 +70,7 @@ def new_turn(
     text: str,
     *,
     created_at: datetime,
+    position: int,
     client_id: str | None = None,
     latency_ms: float | None = None,
 ) -> TurnRecord:
@@ -83,6 +88,7 @@ def new_turn(
         emotion_scores=None,
         latency_ms=latency_ms,
         created_at=created_at,
+        position=position,
     )
 
 
@@ -244,19 +250,70 @@ def _columns(profile: ProfileRecord, blob: bytes | None) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class InsertTurn(Grouped):
-    """A user's turn; a client id already stored in its conversation fails the group."""
+    """A turn said now, stored with its place in the conversation (the stored record is the
+    result). A user's turn takes two positions, the second kept for the reply that answers it;
+    an operator's takes one. A client id already stored in the conversation fails the group;
+    an unknown conversation is NotFound."""
 
-    values: dict[str, Any]
+    conversation_id: str
+    user_id: str | None  # None: the conversation's user
+    role: Role
+    text: str
+    created_at: datetime
+    client_id: str | None = None
+
+    @property
+    def width(self) -> int:
+        return 2 if self.role == "user" else 1
 
     @classmethod
     def run_group(cls, session: Session, items: Sequence[InsertTurn]) -> list[Any]:
-        session.execute(INSERT_TURN, [item.values for item in items])
-        return [None] * len(items)
+        # Each item's first position and the conversation's user.
+        firsts: list[tuple[int, str]] = []
+        if len(items) == 1:
+            item = items[0]
+            taken = session.execute(
+                TAKE_POSITIONS, {"b_id": item.conversation_id, "b_count": item.width}
+            ).one_or_none()
+            if taken is None:
+                raise NotFound(f"conversation {item.conversation_id}")
+            firsts.append((taken[0] - item.width, taken[1]))
+        else:
+            shares: dict[str, int] = {}
+            for item in items:
+                shares[item.conversation_id] = shares.get(item.conversation_id, 0) + item.width
+            session.execute(ADD_POSITIONS, [{"b_id": c, "b_count": n} for c, n in shares.items()])
+            free = {
+                row.id: (row.next_position - shares[row.id], row.user_id)
+                for row in session.execute(SELECT_TAKEN_POSITIONS, {"b_ids": list(shares)})
+            }
+            for item in items:
+                if item.conversation_id not in free:
+                    raise NotFound(f"conversation {item.conversation_id}")
+                first, owner = free[item.conversation_id]
+                firsts.append((first, owner))
+                free[item.conversation_id] = (first + item.width, owner)
+        records = [
+            new_turn(
+                item.conversation_id,
+                item.user_id or owner,
+                item.role,
+                item.text,
+                created_at=item.created_at,
+                position=first,
+                client_id=item.client_id,
+            )
+            for item, (first, owner) in zip(items, firsts, strict=True)
+        ]
+        session.execute(INSERT_TURN, [turn_row(record) for record in records])
+        return records
 
 
 @dataclass(frozen=True, slots=True)
 class FinishTurn(Grouped):
-    """A user turn's labels, the assistant's reply turn and the user's profile."""
+    """A user turn's labels, the assistant's reply turn and the user's profile, and the
+    conversation's dialogue state when the turn changed it. The reply takes the position its
+    message kept for it, with the time it was said (`said_at`; None: now)."""
 
     user_turn_id: str
     labels: TurnLabels
@@ -264,6 +321,8 @@ class FinishTurn(Grouped):
     latency_ms: float
     profile: ProfileChange | None
     lock_profiles: bool
+    said_at: datetime | None = None
+    dialogue_state: dict[str, Any] | None = None
 
     def _label_row(self) -> dict[str, Any]:
         return {
@@ -282,7 +341,7 @@ class FinishTurn(Grouped):
             owners = {} if owner is None else {items[0].user_turn_id: tuple(owner)}
         else:
             owners = {
-                row.id: (row.conversation_id, row.user_id)
+                row.id: (row.conversation_id, row.user_id, row.position)
                 for row in session.execute(
                     SELECT_TURN_OWNERS, {"b_ids": [item.user_turn_id for item in items]}
                 )
@@ -299,12 +358,20 @@ class FinishTurn(Grouped):
                 owners[item.user_turn_id][1],
                 "assistant",
                 item.reply_text,
-                created_at=now,
+                created_at=item.said_at or now,
+                position=owners[item.user_turn_id][2] + 1,
                 latency_ms=item.latency_ms,
             )
             for item in items
         ]
         session.execute(INSERT_TURN, [turn_row(reply) for reply in replies])
+        states = [
+            {"b_id": reply.conversation_id, "dialogue_state": item.dialogue_state}
+            for item, reply in zip(items, replies, strict=True)
+            if item.dialogue_state is not None
+        ]
+        if states:
+            session.execute(UPDATE_CONVERSATION, states)
         profiles = write_profiles(
             session,
             [

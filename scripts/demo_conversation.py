@@ -3,7 +3,8 @@
 Starts the server on port 0 with a fresh SQLite database, sends the customer's behaviour
 events (a card ordered two weeks ago, a failed payment), then six messages with different
 moods, and writes what the server answered, with the intent and emotion it heard, to
-docs/conversation.md (or --out). Nothing in the transcript is written by hand.
+docs/conversation.md (or --out), keeping the page's sections after the transcript (from its
+first `## ` heading on). Nothing in the transcript is written by hand.
 
     .venv/bin/python scripts/demo_conversation.py [--out docs/conversation.md]
 """
@@ -109,19 +110,30 @@ async def main_async() -> list[str]:
         "# A scripted conversation",
         "",
         "Produced by `scripts/demo_conversation.py` against a real server (default composer, no",
-        "LLM, shipped models); rerun it to regenerate this page. It shows replies grounded in the",
-        "knowledge base, details taken from the customer's behaviour events, and openings that",
-        "follow the emotion the model heard.",
+        "LLM, shipped models); rerun it to regenerate the transcript (the sections after it stay).",
+        "It shows replies grounded in the knowledge base, details taken from the customer's",
+        "behaviour events, and openings that follow the emotion the model heard.",
         "",
     ]
     return header + lines
+
+
+def _sections_after(path: Path) -> list[str]:
+    """The page's lines from its first `## ` heading on: written by hand, kept."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+    return lines[start:]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "conversation.md")
     args = parser.parse_args(argv)
-    args.out.write_text("\n".join(asyncio.run(main_async())) + "\n", encoding="utf-8")
+    lines = asyncio.run(main_async())
+    kept = _sections_after(args.out)  # the transcript ends with an empty line
+    args.out.write_text("\n".join(lines + kept) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
 

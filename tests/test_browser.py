@@ -244,6 +244,76 @@ async def test_console_marks_gone_customers_labels_turns_and_agrees_on_emotion(
     assert not problems, problems
 
 
+async def test_widget_shows_suggestions_a_click_answers_and_the_console_shows_the_topic(
+    server: RunningServer, browser: Any
+) -> None:
+    """A clarifying question's suggestions are buttons; clicking one sends it as the
+    customer's message, which the next reply answers; a watching operator sees the topic and
+    how each live reply read its message."""
+    from playwright.async_api import expect
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{server.port}"
+    errors: list[str] = []
+    widget = await browser.new_page()
+    widget.on("pageerror", lambda exc: errors.append(f"widget: {exc}"))
+    await widget.goto(f"{base}/widget?user=browser-torn")
+    await widget.click("#connect")
+    await expect(widget.locator("#status")).to_have_text("connected", timeout=TIMEOUT_MS)
+    # The heads are torn on this one whatever the page view before it.
+    await widget.fill("#text", "cash withdrawal problem")
+    await widget.press("#text", "Enter")
+    done = widget.locator(".bubble.bot[data-done='true']")
+    await expect(done).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(done.first).to_have_attribute("data-turn", "clarification")
+    buttons = widget.locator("#messages .suggestions button.suggestion")
+    await expect(buttons).to_have_count(2)
+    choices = await buttons.all_inner_texts()
+    question = (await done.first.inner_text()).lower()
+    assert all(choice.lower() in question for choice in choices), (choices, question)
+    await widget.screenshot(path=str(SHOTS / "7-widget-suggestions.png"), full_page=True)
+
+    await buttons.nth(1).click()
+    await expect(widget.locator(".bubble.user").last).to_have_text(choices[1])
+    await expect(buttons).to_have_count(0)
+    await expect(done).to_have_count(2, timeout=TIMEOUT_MS)
+    await expect(done.last).to_have_attribute("data-turn", "new_topic")
+    session_id = await widget.locator("#status").get_attribute("data-session-id")
+    assert session_id
+    turns = await server.runtime.store.list_turns(session_id)
+    asked, answered = [t for t in turns if t.role == "user"]
+    assert answered.text == choices[1]
+    topic = answered.intent
+    # The second button is the models' second guess: the stored label is the choice.
+    assert topic is not None and topic != asked.intent
+
+    await server.runtime.chat.sessions[session_id].settle()
+    key = await make_operator(server, "topic-agent", "agent")
+    console = await browser.new_page()
+    console.on("pageerror", lambda exc: errors.append(f"console: {exc}"))
+    await console.goto(f"{base}/console")
+    await console.fill("#key", key)
+    await console.click("#login-button")
+    await expect(console.locator("#whoami")).to_contain_text("topic-agent", timeout=TIMEOUT_MS)
+    await console.click("#refresh-sessions")
+    live = console.locator(f"#sessions button[data-session-id='{session_id}']")
+    await expect(live).to_have_count(1, timeout=TIMEOUT_MS)
+    await live.click()
+    dialogue = console.locator("#watch-dialogue")
+    await expect(dialogue).to_have_attribute("data-topic", topic, timeout=TIMEOUT_MS)
+    await expect(dialogue).to_contain_text(f"topic {topic}")
+
+    await widget.fill("#text", "how long will that take")
+    await widget.press("#text", "Enter")
+    await expect(done).to_have_count(3, timeout=TIMEOUT_MS)
+    await expect(done.last).to_have_attribute("data-turn", "follow_up")
+    reading = console.locator("#watch-turns .turn.assistant .tag.reading[data-reading='follow_up']")
+    await expect(reading).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(dialogue).to_contain_text("2 turns")
+    await console.screenshot(path=str(SHOTS / "8-console-dialogue.png"), full_page=True)
+    assert not errors, errors
+
+
 async def test_pages_are_served_with_a_content_security_policy(server: RunningServer) -> None:
     import asyncio
 

@@ -282,18 +282,6 @@ async def test_oversized_frame_closes_1009_and_others_are_unaffected(
     assert frames[-1]["type"] == "reply"
 
 
-async def test_audio_frame_is_not_supported_yet(
-    server: RunningServer, open_client: ClientFactory
-) -> None:
-    client = await open_client()
-    await client.hello()
-    await client.send(
-        {"type": "audio", "id": "a1", "encoding": "pcm16", "sample_rate": 16000, "data": "AAAA"}
-    )
-    error = await client.recv()
-    assert error["code"] == "not_supported" and error["ref"] == "a1"
-
-
 async def test_events_are_stored_idempotently(
     server: RunningServer, open_client: ClientFactory
 ) -> None:

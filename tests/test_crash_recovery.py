@@ -255,6 +255,7 @@ def _turn(
         emotion_scores=None,
         latency_ms=None,
         created_at=datetime.now(UTC),
+        position=0,
     )
 
 

@@ -129,6 +129,7 @@ async def test_composer_reply_streams_as_deltas_then_full_text() -> None:
         "fallback_timeouts": 0,
         "fallback_errors": 0,
         "fallback_empty": 0,
+        "fallback_ungrounded": 0,
     }
 
 

@@ -167,6 +167,33 @@ def test_audio_decodes_base64() -> None:
     assert frame.data == b"\x00\x00\xff\x7f\x00\x80\xff\x7f\x00\x00"
 
 
+def test_a_frame_without_part_or_last_is_a_whole_note() -> None:
+    frame = parse(audio())
+    assert isinstance(frame, Audio)
+    assert (frame.part, frame.last) == (0, True)
+
+
+def test_a_browser_recording_carries_its_own_sample_rate() -> None:
+    frame = parse(audio(encoding="webm", sample_rate=None, part=3, last=False, data="GkXfow=="))
+    assert isinstance(frame, Audio)
+    assert (frame.encoding, frame.sample_rate, frame.part, frame.last) == ("webm", None, 3, False)
+    assert frame.data == b"\x1aE\xdf\xa3"
+
+
+@pytest.mark.parametrize("encoding", ["opus", "mp4", "", "PCM16", 5])
+def test_an_unknown_encoding_has_a_code_of_its_own(encoding: object) -> None:
+    problem = error(audio(encoding=encoding))
+    assert problem.code is ErrorCode.UNSUPPORTED_ENCODING
+    assert problem.ref == "a"
+    assert "pcm16, mulaw, webm, ogg" in problem.message
+
+
+def test_a_missing_encoding_is_an_invalid_field() -> None:
+    frame = audio()
+    del frame["encoding"]
+    assert error(frame).code is ErrorCode.INVALID_FIELD
+
+
 @pytest.mark.parametrize("fields", [{}, {"id": "p1"}])
 def test_ping(fields: dict[str, Any]) -> None:
     frame = parse({"type": "ping", **fields})
@@ -279,8 +306,12 @@ def test_unknown_type_message_is_bounded() -> None:
         ({"type": "events"}, "items"),
         ({"type": "events", "items": [event_item(), {"name": "n"}]}, "items.1.id"),
         ({"type": "events", "items": [event_item(), "e2"]}, "items.1"),
-        (audio(encoding="opus"), "encoding"),
         (audio(sample_rate=44100), "sample_rate"),
+        (audio(sample_rate=None), "sample_rate"),
+        (audio(encoding="mulaw", sample_rate=None), "sample_rate"),
+        (audio(part=-1), "part"),
+        (audio(part="1"), "part"),
+        (audio(last="true"), "last"),
         (audio(sample_rate="8000"), "sample_rate"),
         (audio(data=5), "data"),
         (audio(data="AAA"), "data"),

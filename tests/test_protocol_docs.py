@@ -125,6 +125,9 @@ def _conforms(value: Any, hint: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin is tuple:
+        item_hint = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_conforms(v, item_hint) for v in value)
     if origin is dict:
         key_hint, value_hint = typing.get_args(hint)
         return isinstance(value, dict) and all(
@@ -156,6 +159,8 @@ def _build_server_frame(cls: type[Any], fields: dict[str, Any]) -> Any:
         kwargs["intent"] = IntentLabel(**kwargs["intent"])
     if isinstance(kwargs.get("emotion"), dict):
         kwargs["emotion"] = EmotionLabel(**kwargs["emotion"])
+    if isinstance(kwargs.get("suggestions"), list):
+        kwargs["suggestions"] = tuple(kwargs["suggestions"])
     if "code" in kwargs:
         kwargs["code"] = ErrorCode(kwargs["code"])
     return cls(**kwargs)
@@ -390,6 +395,8 @@ def _voice_frame(example: dict[str, Any]) -> VoiceServerFrame:
         fields["intent"] = IntentLabel(**fields["intent"])
     if isinstance(fields.get("emotion"), dict):
         fields["emotion"] = EmotionLabel(**fields["emotion"])
+    if isinstance(fields.get("suggestions"), list):
+        fields["suggestions"] = tuple(fields["suggestions"])
     classes: dict[str, type[Any]] = {
         "started": VoiceStarted,
         "transcript": Transcript,

@@ -27,6 +27,7 @@ def _turn(i: int, minutes: float, text: str) -> TurnRecord:
         emotion_scores=None,
         latency_ms=None,
         created_at=T0 + timedelta(minutes=minutes),
+        position=2 * i,
     )
 
 

@@ -15,10 +15,8 @@ from sqlalchemy.orm import Session
 
 from profiles import NotFound, ProfileRecord, ProfileUpdate, Store, TurnLabels
 from profiles.engine import create_engine
-from profiles.models import User, new_id, utcnow
-from profiles.records import TurnRecord
+from profiles.models import User, utcnow
 from profiles.transactions import run_together
-from profiles.turn_statements import turn_row
 from profiles.turn_writes import FinishTurn, InsertTurn
 
 T = TypeVar("T")
@@ -108,6 +106,7 @@ async def test_turns_finished_as_a_group_write_what_each_writes(store: Store, db
             item.labels.emotion,
         )
         assert reply == done.reply
+        assert reply.position == user_turn.position + 1
         assert (reply.role, reply.text, reply.latency_ms) == (
             "assistant",
             item.reply_text,
@@ -133,21 +132,7 @@ async def test_an_unknown_turn_fails_its_group(store: Store, db_url: str) -> Non
 
 
 def _user_turn(conversation_id: str, user_id: str, client_id: str) -> InsertTurn:
-    record = TurnRecord(
-        new_id(),
-        conversation_id,
-        user_id,
-        "user",
-        client_id,
-        "hi",
-        None,
-        None,
-        None,
-        None,
-        None,
-        utcnow(),
-    )
-    return InsertTurn(turn_row(record))
+    return InsertTurn(conversation_id, user_id, "user", "hi", utcnow(), client_id)
 
 
 async def test_run_together_keeps_each_works_result_in_place(store: Store, db_url: str) -> None:
@@ -159,8 +144,12 @@ async def test_run_together_keeps_each_works_result_in_place(store: Store, db_ur
         _user_turn(chat, user_id, "m2"),
     ]
     results = await _in_one_transaction(db_url, lambda session: run_together(session, works))
-    assert results == ["first", None, "between", None]
-    assert sorted(t.client_id or "" for t in await store.list_turns(chat)) == ["m1", "m2"]
+    assert (results[0], results[2]) == ("first", "between")
+    # Turns of one conversation in one group take their positions in the group's order, each
+    # user turn two (the second kept for its reply).
+    stored = await store.list_turns(chat)
+    assert stored == [results[1], results[3]]
+    assert [(t.client_id, t.position) for t in stored] == [("m1", 0), ("m2", 2)]
     # A client id twice in one group fails the whole group.
     twice = [_user_turn(chat, user_id, "m3"), _user_turn(chat, user_id, "m3")]
     with pytest.raises(IntegrityError):

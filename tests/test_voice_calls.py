@@ -229,6 +229,14 @@ class TwilioPeer:
             offset += len(frame) / 8000
             self._sent_audio_s += len(frame) / 8000
 
+    async def align(self, samples: int = 1280) -> None:
+        """Silence up to a whole number of `samples` (160 ms) of call audio. An utterance
+        sent next meets the VAD's 32 ms windows at the same phase however long the server
+        took to answer the one before, so the recognizer hears the same audio every run."""
+        pad = -round(self._sent_audio_s * 8000) % samples
+        if pad:
+            await self.stream(SILENCE[:1] * pad)
+
     async def silence_until(self, done: Callable[[], bool], within: float) -> None:
         """Keep streaming silence at real-time pace, as a quiet caller's line does."""
         deadline = time.monotonic() + within
@@ -365,6 +373,7 @@ async def test_twilio_call_transcribes_answers_and_tracks_marks(
         await peer.silence_until(lambda: bool(server.runtime.voice.calls), within=10)
         call = next(iter(server.runtime.voice.calls.values()))
         for index, line in enumerate(CALLER_LINES):
+            await peer.align()
             await peer.stream(caller_audio[line])
             # Silence while the caller waits; the reply's first audio ends the wait.
             await peer.silence_until_media(after=len(peer.got.media), within=20)

@@ -192,6 +192,39 @@ async def test_during_a_take_over_each_message_reaches_the_operator(
     assert "delivered_to" not in plain[0], "the bot holds the conversation again"
 
 
+async def test_a_message_queued_when_a_person_takes_over_is_delivered_to_them(
+    server: RunningServer, open_client: ClientFactory
+) -> None:
+    """A message acked for the bot while it was still answering the one before, then a
+    take-over: the bot never answers it, so the customer is told a person has it."""
+    customer = await open_client()
+    welcome = await customer.hello(user={"external_id": "racing"})
+    session_id, user_id = welcome["session_id"], welcome["user_id"]
+    # The first turn's write waits for this user's lock: the bot is still busy with it when
+    # the second message is acked and the operator takes over.
+    lock = server.runtime.chat.user_lock(user_id)
+    await lock.acquire()
+    try:
+        first = await _say(customer, "r1", "My card was declined at the supermarket")
+        assert first[-1]["intent"]["label"] == "declined_card_payment"
+        await customer.send({"type": "message", "id": "r2", "text": "Are you still there?"})
+        ack = await customer.recv()
+        assert ack == {"type": "ack", "seq": ack["seq"], "id": "r2"}, "acked for the bot"
+        key = await make_operator(server, "quick", "agent")
+        async with operator_client(server, key) as agent:
+            await agent.ok("session.takeover", session_id=session_id)
+            assert (await customer.recv())["type"] == "operator.joined"
+            lock.release()
+            again = await customer.recv()
+            assert again["type"] == "ack" and again["id"] == "r2"
+            assert again["delivered_to"] == "operator"
+            await customer.send({"type": "ping", "id": "p"})
+            assert (await customer.recv())["type"] == "pong", "and no bot reply to it"
+    finally:
+        if lock.locked():
+            lock.release()
+
+
 async def test_the_customer_can_go_back_to_the_bot(
     server: RunningServer, open_client: ClientFactory
 ) -> None:

@@ -1,6 +1,8 @@
 """The wiring on top: everything below is built here from the settings, and commands run here.
 
 - cli: The `assistant` command line: settings from the environment and flags, then one command.
+- follow_up_training: `assistant train follow-ups`: fits the dialogue's follow-up detector and
+  calibrates the dialogue policy's thresholds on validation data.
 - operator_accounts: `assistant operators create|list|revoke`: managing operator keys from the
   command line.
 - re_fusion: Re-fusing stored profiles when the fusion model changes (`assistant re-fuse`).

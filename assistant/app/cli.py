@@ -144,7 +144,12 @@ def run(argv: Sequence[str] | None, serve: Serve) -> int:
     configure_logging(settings.log_level, settings.log_format)
     command = args.command or "serve"
     if command == "migrate":
-        migrate_database(settings.db_url)
+        report = migrate_database(settings.db_url)
+        if report.history_reordered is not None:
+            print(
+                f"turn history: {report.history_reordered} stored conversations put in the "
+                "order they were said"
+            )
         print("database is at the latest revision")
         return 0
     if command == "re-fuse":

@@ -29,7 +29,7 @@ from fusion import BatcherConfig, FusionConfig, FusionRuntime
 from fusion.asr import AsrConfig
 from fusion.text_encoder import hide_loading_progress
 from fusion.vad import VadConfig
-from profiles import EngineOptions, OperatorStore, Store, migrate
+from profiles import EngineOptions, OperatorStore, Store, UpgradeReport, migrate
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,10 @@ def single_threaded_blas() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-def migrate_database(url: str) -> None:
-    """Upgrade the database at `url` to the latest schema (blocking)."""
-    migrate(url)
+def migrate_database(url: str) -> UpgradeReport:
+    """Upgrade the database at `url` to the latest schema (blocking); what it did to stored
+    data."""
+    return migrate(url)
 
 
 def load_models(settings: Settings) -> Models:
@@ -163,6 +164,8 @@ class Runtime:
                 replay_frames=settings.replay_frames,
                 send_queue=settings.send_queue,
                 handover_timeout_s=settings.drain_timeout_s,
+                note_timeout_s=settings.note_timeout_s,
+                dialogue=settings.dialogue,
             ),
             generator,
             cluster=self.cluster,
@@ -173,6 +176,8 @@ class Runtime:
             OperatorStore(self.store), self.chat, AuthThrottle(settings.auth)
         )
         self.voice = VoiceService(self.chat, voice_config(settings), settings.widget_secret, voice)
+        if settings.voice_notes:
+            self.chat.hearing = self.voice
         self.metrics.watch(
             sessions=lambda: len(self.chat.sessions),
             redis_up=lambda: self.cluster.up,

@@ -6,10 +6,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from assistant.chat.rate_limits import RateLimits
 from assistant.core.settings import SettingsError
 from assistant.operators.sign_in_throttle import AuthThrottleConfig
+from assistant.replies.dialogue import DialogueConfig
 from assistant.replies.llm_config import GenerationConfig
 from profiles import DEFAULT_DB_URL
 
@@ -46,7 +48,13 @@ class Settings:
     # SIGTERM waits this long for turns in flight before closing connections with 1012.
     drain_timeout_s: float = 20.0
     rate: RateLimits = field(default_factory=RateLimits)
-    widget_secret: str | None = None
+    widget_secret: str | None = field(default=None, repr=False)
+    # Twilio's auth token: with it, /voice/twilio upgrades must carry Twilio's signature
+    # (assistant/voice/twilio_signature.py). A secret: never logged, and left out of repr.
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    # The server's URL in front of any proxy, as the TwiML names it: wss://host[:port][/prefix].
+    # Twilio signs it followed by the request's path; unset, wss:// and the request's Host.
+    public_url: str | None = None
     device: Device = "auto"
     # The chat model behind replies (ASSISTANT_LLM and its ASSISTANT_LLM_* settings).
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig.from_env({}))
@@ -56,6 +64,10 @@ class Settings:
     # How long a dropped chat session stays resumable with its replay buffer.
     resume_ttl_s: float = 300.0
     replay_frames: int = 2000
+    # /chat takes voice notes (ASSISTANT_VOICE_NOTES=on|off), heard by the voice calls'
+    # speech models; a note whose next part has not come for note_timeout_s is dropped.
+    voice_notes: bool = True
+    note_timeout_s: float = 120.0
     # Files the server may recompute, kept between starts (the knowledge base's embeddings);
     # None: none kept.
     cache_dir: str | None = "var/cache"
@@ -89,6 +101,9 @@ class Settings:
     # Failed operator sign-ins per client address before a lockout.
     auth: AuthThrottleConfig = field(default_factory=AuthThrottleConfig)
     voice: VoiceSettings = field(default_factory=VoiceSettings)
+    # Conversations keep a dialogue state (ASSISTANT_DIALOGUE=on|off): follow-ups read within
+    # the topic, clarifying questions; off, every message is read alone.
+    dialogue: DialogueConfig = field(default_factory=DialogueConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -186,6 +201,18 @@ class Settings:
                 return defaults.cache_dir
             return None if raw.lower() == "none" else raw
 
+        def public_url() -> str | None:
+            raw = get("PUBLIC_URL")
+            if raw is None:
+                return None
+            parts = urlsplit(raw)
+            usable = parts.scheme in ("ws", "wss") and parts.hostname
+            if not usable or parts.query or parts.fragment:
+                raise SettingsError(
+                    f"ASSISTANT_PUBLIC_URL={raw!r}: expected wss://host[:port][/prefix]"
+                )
+            return raw
+
         defaults = cls()
         origins = tuple(o.strip() for o in (get("ALLOWED_ORIGINS") or "").split(",") if o.strip())
         return cls(
@@ -198,6 +225,8 @@ class Settings:
             drain_timeout_s=number("DRAIN_TIMEOUT_S", defaults.drain_timeout_s, float),
             rate=rate_limits(),
             widget_secret=get("WIDGET_SECRET"),
+            twilio_auth_token=get("TWILIO_AUTH_TOKEN"),
+            public_url=public_url(),
             device=choice("DEVICE", "auto", ("auto", "cpu", "cuda")),  # type: ignore[arg-type]
             generation=GenerationConfig.from_env(source),
             allowed_origins=origins,
@@ -205,6 +234,8 @@ class Settings:
             log_format=choice("LOG_FORMAT", "auto", ("auto", "json", "text")),  # type: ignore[arg-type]
             resume_ttl_s=number("RESUME_TTL_S", defaults.resume_ttl_s, float),
             replay_frames=int(number("REPLAY_FRAMES", defaults.replay_frames, int)),
+            voice_notes=choice("VOICE_NOTES", "on", ("on", "off")) == "on",
+            note_timeout_s=positive("NOTE_TIMEOUT_S", defaults.note_timeout_s, float),
             cache_dir=cache_dir(),
             batch_size=int(number("BATCH_SIZE", defaults.batch_size, int)),
             batch_wait_ms=number("BATCH_WAIT_MS", defaults.batch_wait_ms, float),
@@ -229,4 +260,5 @@ class Settings:
             ws_compression=choice("WS_COMPRESSION", "off", ("off", "deflate")),  # type: ignore[arg-type]
             auth=auth_throttle(),
             voice=voice(),
+            dialogue=DialogueConfig(enabled=choice("DIALOGUE", "on", ("on", "off")) == "on"),
         )

@@ -21,6 +21,8 @@ TRAINERS = {
     "--with-corrections adds operators' relabels",
     "emotion": "the emotion head (GoEmotions text, RAVDESS speech); "
     "--with-corrections adds operators' relabels",
+    "follow-ups": "the dialogue's follow-up detector and the policy's thresholds (Banking77 "
+    "train, CLINC150); --write replaces the shipped detector",
 }
 WITH_CORRECTIONS = "--with-corrections"
 CORRECTIONS_DIR = Path("var") / "corrections"
@@ -62,4 +64,8 @@ def train(kind: str, argv: Sequence[str], *, db_url: str | None = None) -> int:
         from fusion.training.heads import main as understanding_main
 
         return understanding_main([kind, *args])
+    if kind == "follow-ups":
+        from assistant.app.follow_up_training import main as follow_up_main
+
+        return follow_up_main(args)
     raise ValueError(f"unknown trainer {kind!r}; choose from {', '.join(TRAINERS)}")

@@ -10,6 +10,7 @@
 - session: A chat session: its numbered frame stream, its replay buffer and the queue of its
   turns.
 - turns: The turn pipeline: a message read by the models, answered, and stored with its labels.
+- voice_notes: Voice notes arriving in parts: what a session holds of each until it is whole.
 - widget_tokens: Widget identity tokens: HMAC-SHA256 over a JSON claim set, issued by the
   customer's backend.
 

@@ -6,12 +6,14 @@ server.py feeds it frames; `hello` opens, resumes or adopts a session of the Cha
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 
 from assistant.chat.identity import Identity, identify
 from assistant.chat.protocol import (
+    MAX_NOTE_SECONDS,
     Ack,
     Audio,
     ClientFrame,
@@ -31,10 +33,12 @@ from assistant.chat.protocol import (
 from assistant.chat.service import ChatService
 from assistant.chat.session import ChatSession
 from assistant.chat.turns import PendingTurn
+from assistant.chat.voice_notes import HeardNote, NoteHearing, PartHeld, WholeNote
 from assistant.core.logs import bind_ids
 from assistant.core.outbox import Outbox, Transport
 from assistant.core.redaction import redact
 from assistant.core.wire import CLOSE_POLICY, CLOSE_SERVICE_RESTART, Ping, Pong
+from fusion.recordings import RecordingTooLong, UndecodableRecording, decode_note
 from profiles import NewEvent, NotFound, StoreUnavailable, UserRecord
 
 log = logging.getLogger(__name__)
@@ -125,30 +129,31 @@ class ChatConnection:
         elif isinstance(frame, Event | Events):
             await self._events(session, frame)
         elif isinstance(frame, Audio):
-            session.emit(
-                ErrorFrame(
-                    ErrorCode.NOT_SUPPORTED,
-                    "voice notes are not accepted on this server yet",
-                    frame.id,
-                )
-            )
+            await self._audio(session, frame, received)
 
-    async def _message(self, session: ChatSession, frame: Message, received: float) -> None:
+    async def _admitted(self, session: ChatSession, client_id: str) -> bool:
+        """Whether a new message (or a whole voice note) may be taken now; if not, the
+        client was told why."""
         if not session.has_room:
             session.emit(
-                ErrorFrame(ErrorCode.OVERLOADED, "too many messages waiting for replies", frame.id)
+                ErrorFrame(ErrorCode.OVERLOADED, "too many messages waiting for replies", client_id)
             )
-            return
-        service = self._service
-        if not await service.limiter.allow_message(self._id, session.user.id):
+            return False
+        if not await self._service.limiter.allow_message(self._id, session.user.id):
             session.emit(
                 ErrorFrame(
                     ErrorCode.RATE_LIMITED,
                     "too many messages: send it again in a few seconds",
-                    frame.id,
+                    client_id,
                 )
             )
+            return False
+        return True
+
+    async def _message(self, session: ChatSession, frame: Message, received: float) -> None:
+        if not await self._admitted(session, frame.id):
             return
+        service = self._service
         # The models start on the message while it is being stored: the ack waits for the
         # commit, the reply for the models, and neither for the other.
         reading = session.start_reading(frame.text)
@@ -173,6 +178,101 @@ class ChatConnection:
             )
         elif reading is not None:
             reading.cancel()
+
+    async def _audio(self, session: ChatSession, frame: Audio, received: float) -> None:
+        """A part of a voice note: held and acked, or, with the last part, the whole note
+        heard, stored as the user's turn and answered as a message is."""
+        hearing = self._service.hearing
+        if hearing is None:
+            session.emit(
+                ErrorFrame(ErrorCode.NOT_SUPPORTED, "this server takes no voice notes", frame.id)
+            )
+            return
+        now = time.monotonic()
+        session.notes.expire(now - self._service.config.note_timeout_s)
+        taken = session.notes.take(frame, now)
+        if taken is None:
+            return
+        if isinstance(taken, ProtocolError):
+            self._refuse_note(session, taken)
+        elif isinstance(taken, PartHeld):
+            session.emit(Ack(id=frame.id, part=taken.part, transcript=taken.transcript))
+        else:
+            stored: str | None = None
+            try:
+                stored = await self._note(session, taken, hearing, received)
+            finally:
+                session.notes.finished(taken, stored)
+
+    async def _note(
+        self, session: ChatSession, note: WholeNote, hearing: NoteHearing, received: float
+    ) -> str | None:
+        """Hear a whole note and store it as the user's turn, the transcript its text; the
+        stored text, or None when the note was refused (nothing is stored then)."""
+        if not await self._admitted(session, note.note_id):
+            return None
+        heard = await self._hear(note, hearing)
+        if isinstance(heard, ProtocolError):
+            self._refuse_note(session, heard)
+            return None
+        service = self._service
+        turn, created = await service.store.add_user_turn(
+            session.id, session.user.id, note.note_id, redact(heard.text)
+        )
+        held = session.held_by is not None
+        session.emit(
+            Ack(
+                id=note.note_id,
+                delivered_to="operator" if held else None,
+                part=note.last_part,
+                transcript=turn.text,
+            )
+        )
+        if created:
+            service.metrics.voice_note("stored")
+            session.user_turn(turn)
+        if created and not held:
+            session.enqueue(
+                PendingTurn(
+                    turn.id,
+                    note.note_id,
+                    heard.text,
+                    received,
+                    turn,
+                    speech=heard.speech,
+                    voice=heard.voice,
+                )
+            )
+        return turn.text
+
+    async def _hear(self, note: WholeNote, hearing: NoteHearing) -> HeardNote | ProtocolError:
+        """A whole note decoded (off the event loop) and heard, or why it cannot be."""
+        ref = note.note_id
+        try:
+            audio = await asyncio.to_thread(
+                decode_note,
+                note.data,
+                note.encoding,
+                note.sample_rate,
+                max_seconds=MAX_NOTE_SECONDS,
+            )
+        except RecordingTooLong as exc:
+            return ProtocolError(ErrorCode.NOTE_TOO_LONG, f"voice note: {exc}", ref)
+        except UndecodableRecording as exc:
+            message = f"the voice note is not {note.encoding} audio: {str(exc)[:200]}"
+            return ProtocolError(ErrorCode.UNDECODABLE_AUDIO, message, ref)
+        try:
+            heard = await hearing.hear_note(audio)
+        except Exception:
+            log.exception("a voice note could not be heard")
+            return ProtocolError(ErrorCode.INTERNAL, "the voice note could not be heard", ref)
+        if not heard.text:
+            return ProtocolError(ErrorCode.NO_SPEECH, "no speech was heard in the voice note", ref)
+        return heard
+
+    def _refuse_note(self, session: ChatSession, refusal: ProtocolError) -> None:
+        self._service.metrics.voice_note(refusal.code.value)
+        session.emit(ErrorFrame.of(refusal))
 
     async def _events(self, session: ChatSession, frame: Event | Events) -> None:
         items: tuple[EventItem, ...] = frame.items if isinstance(frame, Events) else (frame,)

@@ -14,7 +14,7 @@ import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BeforeValidator, Field, JsonValue, Strict, StringConstraints
 
@@ -39,6 +39,14 @@ from assistant.core.wire import (
 )
 
 MAX_EVENTS_PER_FRAME = 100
+# A voice note: at most this long, this many bytes of audio over all its parts (a minute of
+# 16 kHz 16-bit PCM, the largest raw form), and this many parts.
+MAX_NOTE_SECONDS = 60.0
+MAX_NOTE_BYTES = 1_920_000
+MAX_NOTE_PARTS = 128
+# A note's encoding: raw samples (pcm16, mulaw) or a browser's Opus recording in a container.
+NoteEncoding = Literal["pcm16", "mulaw", "webm", "ogg"]
+CONTAINERS = ("webm", "ogg")
 # Events older than this or further in the future than the skew are refused as invalid.
 OLDEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_CLOCK_SKEW = timedelta(days=1)
@@ -57,6 +65,12 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     NOT_SUPPORTED = "not_supported"
+    UNSUPPORTED_ENCODING = "unsupported_encoding"
+    NOTE_OUT_OF_ORDER = "note_out_of_order"
+    NOTE_TOO_LONG = "note_too_long"
+    NOTE_TOO_LARGE = "note_too_large"
+    UNDECODABLE_AUDIO = "undecodable_audio"
+    NO_SPEECH = "no_speech"
     OVERLOADED = "overloaded"
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
@@ -122,10 +136,17 @@ class Events(Frame):
 
 
 class Audio(Frame):
+    """One part of a voice note: `id` names the note (it becomes the user turn's client id,
+    as a message's does), `part` counts from 0 and `last` marks the final one. A frame with
+    neither is a whole note."""
+
     type: Literal["audio"]
     id: FrameId
-    encoding: Literal["pcm16", "mulaw"]
-    sample_rate: Literal[8000, 16000]
+    part: Annotated[int, Field(ge=0, le=2**31)] = 0
+    last: bool = True
+    encoding: NoteEncoding
+    # The rate of raw samples; a container (webm, ogg) carries its own.
+    sample_rate: Literal[8000, 16000] | None = None
     data: Annotated[bytes, BeforeValidator(_base64_text)]
 
 
@@ -166,6 +187,12 @@ def parse_client_frame(text: str, *, now: datetime | None = None) -> ClientFrame
     except InvalidField as refused:
         if "at" in refused.error["loc"]:
             return ProtocolError(ErrorCode.INVALID_TIMESTAMP, describe(refused.error), refused.ref)
+        if refused.error["loc"] == ("encoding",) and refused.error["type"] == "literal_error":
+            return ProtocolError(
+                ErrorCode.UNSUPPORTED_ENCODING,
+                f"audio: encoding must be one of {', '.join(get_args(NoteEncoding))}",
+                refused.ref,
+            )
         return _refusal(refused)
     except Refused as refused:
         return _refusal(refused)
@@ -173,6 +200,12 @@ def parse_client_frame(text: str, *, now: datetime | None = None) -> ClientFrame
         return ProtocolError(
             ErrorCode.TEXT_TOO_LONG,
             f"message text has {len(frame.text)} characters; the limit is {MAX_TEXT_CHARS}",
+            ref,
+        )
+    if isinstance(frame, Audio) and frame.encoding not in CONTAINERS and frame.sample_rate is None:
+        return ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"audio: sample_rate: required for {frame.encoding} (8000 or 16000)",
             ref,
         )
     clock = now or datetime.now(UTC)
@@ -205,6 +238,10 @@ class Ack:
     duplicates: int | None = None
     # "operator": a person holds the conversation and the message reached their console.
     delivered_to: str | None = None
+    # A voice note's part (held; the last one once the note is stored), and with the last
+    # part, the note's transcript as stored.
+    part: int | None = None
+    transcript: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +262,12 @@ class Reply:
     # While the conversation waits for a person: where the customer stands
     # (assistant.replies.waiting.WaitStatus).
     waiting: str | None = None
+    # How the message was read against the conversation (assistant.replies.dialogue.TurnKind:
+    # new_topic, follow_up or clarification); absent for a conversation intent, a reply while
+    # waiting for a person, and with the dialogue state off.
+    turn: str | None = None
+    # A clarification's choices, as the widget shows them on buttons; sending one back answers.
+    suggestions: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,12 +28,18 @@ def _outcomes(frames: Sequence[StoredFrame]) -> tuple[set[str], set[str]]:
         kind = data.get("type")
         if kind == "reply":
             replied.add(str(data["turn_id"]))
-        elif kind == "ack" and isinstance(data.get("id"), str):
+        elif kind == "ack" and isinstance(data.get("id"), str) and _acks_a_turn(data):
             acked.add(data["id"])
         elif kind == "error" and data.get("ref") in acked and data.get("code") in TURN_FAILURES:
             # An error before the ack refused the frame itself; one after it ended the turn.
             failed.add(data["ref"])
     return replied, failed
+
+
+def _acks_a_turn(ack: dict[str, object]) -> bool:
+    """A voice note's parts are acked as they are held, before the note is a turn: only its
+    last part's ack (with the transcript) says that the turn is stored."""
+    return "part" not in ack or "transcript" in ack
 
 
 def unanswered(turns: Sequence[TurnRecord], frames: Sequence[StoredFrame]) -> list[TurnRecord]:

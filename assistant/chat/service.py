@@ -12,16 +12,18 @@ import contextlib
 import logging
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from assistant.chat.journal import FrameJournal
 from assistant.chat.rate_limits import RateLimiter, RateLimits
 from assistant.chat.recovery import unanswered
 from assistant.chat.session import ChatSession, SessionObserver
 from assistant.chat.turns import PendingTurn, TurnPipeline
+from assistant.chat.voice_notes import NoteHearing
 from assistant.cluster.replicas import Cluster
 from assistant.core.metrics import Metrics
 from assistant.core.wire import CLOSE_NORMAL, CLOSE_SERVICE_RESTART
+from assistant.replies.dialogue import DialogueConfig
 from assistant.replies.generation import ResponseGenerator
 from fusion import FusionRuntime
 from profiles import ConversationRecord, Store, StoreUnavailable, UserRecord
@@ -37,6 +39,9 @@ class ChatConfig:
     send_queue: int = 1000
     # How long a replica handing a session to another waits for its turn in flight.
     handover_timeout_s: float = 10.0
+    dialogue: DialogueConfig = field(default_factory=DialogueConfig)
+    # A voice note whose next part has not come for this long is dropped, never stored.
+    note_timeout_s: float = 120.0
 
 
 class ChatService:
@@ -64,10 +69,15 @@ class ChatService:
         self.sessions: dict[str, ChatSession] = {}
         self.journal = FrameJournal(store)
         self.observer: SessionObserver | None = None
+        # What hears voice notes (the voice room's speech models, set by the runtime); None:
+        # this server takes none.
+        self.hearing: NoteHearing | None = None
         self._user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
-        self.turns = TurnPipeline(models, store, self.metrics, self.user_lock, generator)
+        self.turns = TurnPipeline(
+            models, store, self.metrics, self.user_lock, generator, dialogue=config.dialogue
+        )
         self._reaper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -219,6 +229,8 @@ class ChatService:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            for live in self.sessions.values():
+                live.notes.expire(now - self.config.note_timeout_s)
             expired = [
                 s
                 for s in self.sessions.values()

@@ -33,6 +33,7 @@ from assistant.chat.protocol import (
     serialize,
 )
 from assistant.chat.turns import PendingBehaviour, PendingTurn, TurnMemory, TurnPipeline, TurnRead
+from assistant.chat.voice_notes import VoiceNotes
 from assistant.cluster.messages import SessionSnapshot
 from assistant.core.logs import bind_ids
 from assistant.core.metrics import Metrics
@@ -78,6 +79,10 @@ class LiveTurn:
     at: datetime
     intent: str | None = None
     emotion: str | None = None
+    # An assistant reply's reading of the message it answers, and a clarification's choices
+    # (the reply frame's `turn` and `suggestions`).
+    reading: str | None = None
+    suggestions: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +154,8 @@ class ChatSession:
         self.last_activity = datetime.now(UTC)
         # Told every frame the session emits: a voice call speaks replies instead of a socket.
         self.listener: Callable[[ServerFrame], None] | None = None
+        # Voice notes being received: held here, so that a reconnect finds the parts it sent.
+        self.notes = VoiceNotes()
 
     @property
     def last_seq(self) -> int:
@@ -236,6 +243,8 @@ class ChatSession:
                 datetime.now(UTC),
                 self.intent if reply.intent else None,
                 self.emotion if reply.emotion else None,
+                reply.turn,
+                reply.suggestions,
             )
         )
 
@@ -362,7 +371,11 @@ class ChatSession:
             if self.held_by is not None and isinstance(job, PendingTurn):
                 if job.reading is not None:
                     job.reading.cancel()
-                continue  # an operator answers this one
+                # Acked for the bot, then a person took over before the bot began: the
+                # operator saw it live and answers it, and the customer is told so.
+                if self._memory.channel == "chat":
+                    self.emit(Ack(id=job.client_id, delivered_to="operator"))
+                continue
             if isinstance(job, PendingBehaviour):
                 count, self._new_events = self._new_events, 0
                 try:

@@ -1,12 +1,16 @@
 """The turn pipeline: a message read by the models, answered, and stored with its labels.
 
-    message -> read (profile + recent events + text, and speech for a call) -> handoff policy
-            -> reply generator -> reply deltas and reply -> labels, reply turn, profile update
+    message -> read (profile + recent events + text, and speech for a call) -> dialogue
+            -> handoff policy -> reply generator (or a clarifying question) -> reply deltas
+            and reply -> labels, reply turn, profile update, dialogue state
 
 Behaviour events take the same way without a reply: observed, then folded into the profile.
 One TurnPipeline serves every session of a ChatService and is given all it works with; what
-it keeps of one session between turns (the profile, events and turns it read) is that
-session's TurnMemory. The session queues the work and owns the task that runs it
+it keeps of one session between turns (the profile, events and turns it read, and the
+conversation's dialogue state) is that session's TurnMemory. The dialogue
+(assistant/replies/dialogue.py) reads each message against the conversation's topic, open
+question and details; the reply is grounded in the intent it decides, and the labels stored
+for the message are that intent's. The session queues the work and owns the task that runs it
 (assistant/chat/session.py).
 """
 
@@ -16,7 +20,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -27,6 +31,16 @@ from assistant.chat.protocol import Reply, ReplyDelta, ServerFrame
 from assistant.core.metrics import Metrics
 from assistant.core.wire import EmotionLabel, IntentLabel
 from assistant.replies.conversation import read_conversation
+from assistant.replies.details import Details, gather_details
+from assistant.replies.dialogue import (
+    DialogueConfig,
+    DialogueState,
+    DialogueTurn,
+    TurnKind,
+    clarifying_question,
+    read_turn,
+)
+from assistant.replies.follow_up_model import FollowUpModel, load_follow_up_model
 from assistant.replies.generation import GenerationRequest, ResponseGenerator
 from assistant.replies.handoff import (
     HandoffDecision,
@@ -136,6 +150,8 @@ class TurnMemory:
     profile_known: bool = False
     handoff: HandoffState = field(default_factory=HandoffState)
     waiting: WaitingState = field(default_factory=WaitingState)
+    # The conversation's dialogue state: read from the store once, then kept (None: unread).
+    dialogue: DialogueState | None = None
 
     @property
     def read_before(self) -> bool:
@@ -189,6 +205,8 @@ class TurnPipeline:
         metrics: Metrics,
         user_lock: Callable[[str], asyncio.Lock],
         generator: ResponseGenerator | None = None,
+        *,
+        dialogue: DialogueConfig | None = None,
     ) -> None:
         self.models = models
         self.store = store
@@ -196,6 +214,10 @@ class TurnPipeline:
         # Turns of one user in several sessions of this process take turns on the profile row.
         self.user_lock = user_lock
         self.generator = generator
+        self.dialogue = dialogue or DialogueConfig()
+        self.follow_ups: FollowUpModel | None = (
+            load_follow_up_model() if self.dialogue.enabled else None
+        )
 
     async def read(
         self,
@@ -257,22 +279,46 @@ class TurnPipeline:
             _understanding(read.reading.understanding),
         )
         observed = Observed(read.reading.text_vector, read.reading.fused)
-        history = await self._recent_turns(memory)
+        history = await self._recent_turns(memory, turn.record.position)
+        before = await self._dialogue_state(memory)
+        dialogue = self._read_dialogue(before, turn.text, read, understanding)
+        asking = dialogue is not None and dialogue.question is not None
+        memory.handoff, decision = step_handoff(
+            memory.handoff,
+            turn_signal(
+                turn.text,
+                dialogue.understanding if dialogue is not None else understanding,
+                clarifying=asking,
+            ),
+        )
+        if dialogue is not None and asking and decision.handoff:
+            # Handed to a person: the question is not asked.
+            dialogue = DialogueTurn(
+                TurnKind.NEW_TOPIC, understanding, replace(dialogue.state, question=None)
+            )
+        if dialogue is not None:
+            understanding = dialogue.understanding
+        details = self._details(turn.text, read, understanding)
+        after = before
+        if dialogue is not None and before is not None and decision.answer:
+            after = dialogue.state.noting(details, fresh=dialogue.state.topic != before.topic)
+            details = after.details
         labels = TurnLabels(
             intent=understanding.intent,
             intent_confidence=understanding.confidence,
             emotion=understanding.emotion,
             emotion_scores=dict(understanding.emotion_scores) or None,
         )
-        memory.handoff, decision = step_handoff(
-            memory.handoff, turn_signal(turn.text, understanding)
-        )
         change = self._profile_change(observed.fused, now, "turn", turns=1)
         # What the write below will store, unless another session of the user writes first:
         # the next message's models can start on it before the write commits.
         memory.profile = _predicted(memory.user_id, profile, change(profile), labels, now)
-        if decision.answer:
-            said = await self._write(memory, turn, out, read, understanding, history, decision)
+        if decision.answer and dialogue is not None and dialogue.question is not None:
+            said = self._ask(memory, turn, out, dialogue, understanding)
+        elif decision.answer:
+            said = await self._write(
+                memory, turn, out, read, understanding, history, decision, details
+            )
         elif asks_for_bot(turn.text):
             # The customer would rather carry on with the bot than wait for a person.
             memory.released()
@@ -298,6 +344,7 @@ class TurnPipeline:
         # The reply goes out before its transaction: the client's message was durable when
         # acked; what the server writes now (labels, the reply turn, the profile) commits
         # before this session's next turn is answered.
+        said_at = datetime.now(UTC)
         out.emit(
             Reply(
                 turn_id=turn.turn_id,
@@ -306,6 +353,12 @@ class TurnPipeline:
                 emotion=emotion,
                 handoff=said.handoff,
                 waiting=said.waiting.value if said.waiting is not None else None,
+                turn=dialogue.kind.value
+                if dialogue is not None and dialogue.kind is not None and decision.answer
+                else None,
+                suggestions=dialogue.suggestions
+                if dialogue is not None and decision.answer
+                else None,
             )
         )
         latency_ms = (time.perf_counter() - turn.received) * 1000.0
@@ -321,8 +374,12 @@ class TurnPipeline:
                 reply_text=said.text,
                 latency_ms=latency_ms,
                 profile=change,
+                said_at=said_at,
+                dialogue_state=after.to_json() if after is not None and after != before else None,
             )
         memory.saved(finished.profile)
+        if after is not None:
+            memory.dialogue = after
         memory.remember_turn(turn.record)
         memory.remember_turn(finished.reply)
 
@@ -335,6 +392,7 @@ class TurnPipeline:
         understanding: Understanding,
         history: list[TurnRecord],
         decision: HandoffDecision,
+        details: Details,
     ) -> _Said:
         """The generator's reply, streamed as deltas; a handoff's ends with where the customer
         stands."""
@@ -352,6 +410,7 @@ class TurnPipeline:
             handoff=decision.handoff,
             near_handoff=near_handoff(memory.handoff),
             channel=memory.channel,
+            details=details,
             query_vector=read.reading.text_vector,
         )
         stream = self.generator.stream(request)
@@ -377,6 +436,65 @@ class TurnPipeline:
         finally:
             deltas.flush()
 
+    def _ask(
+        self,
+        memory: TurnMemory,
+        turn: PendingTurn,
+        out: TurnOutput,
+        dialogue: DialogueTurn,
+        understanding: Understanding,
+    ) -> _Said:
+        """A clarifying question, sent as one delta: policy text, never a chat model's, like
+        the handoff notice (the question's choices are the dialogue's to offer)."""
+        assert self.generator is not None and dialogue.question is not None
+        text = clarifying_question(
+            dialogue.question,
+            self.generator.kb,
+            emotion=understanding.emotion,
+            channel=memory.channel,
+        )
+        if not turn.recovered:
+            out.emit(ReplyDelta(turn_id=turn.turn_id, text=text))
+        return _Said(text)
+
+    async def _dialogue_state(self, memory: TurnMemory) -> DialogueState | None:
+        """The conversation's dialogue state (None with the dialogue off): read from the store
+        on the session's first turn, then the one this session keeps."""
+        if not self.dialogue.enabled or self.generator is None:
+            return None
+        if memory.dialogue is None:
+            stored = await self.store.get_conversation(memory.conversation_id)
+            memory.dialogue = DialogueState.from_json(
+                stored.dialogue_state if stored is not None else None, self.generator.kb.intents
+            )
+        return memory.dialogue
+
+    def _read_dialogue(
+        self,
+        state: DialogueState | None,
+        text: str,
+        read: TurnRead,
+        understanding: Understanding,
+    ) -> DialogueTurn | None:
+        if state is None or self.generator is None or self.follow_ups is None:
+            return None
+        return read_turn(
+            state,
+            text,
+            understanding,
+            self.follow_ups.score(read.reading.text_vector, text),
+            self.generator.kb,
+            self.dialogue.policy,
+        )
+
+    def _details(self, text: str, read: TurnRead, understanding: Understanding) -> Details:
+        """What this turn's message and the customer's recent events say about the thing the
+        reply is about (assistant.replies.details)."""
+        kb = self.generator.kb if self.generator is not None else None
+        entry = kb.for_intent(understanding.intent) if kb is not None else None
+        about = entry.about if entry is not None else None
+        return gather_details(text, read.events, about=about, now=read.now)
+
     async def _recent_events(self, memory: TurnMemory) -> list[EventRecord | SeenEvent]:
         limit = self.models.config.max_events
         if memory.events is None:
@@ -384,10 +502,13 @@ class TurnPipeline:
             memory.events = {e.client_id: e for e in reversed(stored)}
         return list(memory.events.values())[-limit:]
 
-    async def _recent_turns(self, memory: TurnMemory) -> list[TurnRecord]:
+    async def _recent_turns(self, memory: TurnMemory, before: int) -> list[TurnRecord]:
+        """The turns said before the one at position `before` (stored ones, on the first read:
+        later messages may be stored already)."""
         if memory.turns is None:
             stored = await self.store.list_turns(memory.conversation_id)
-            memory.turns = deque(stored, maxlen=WINDOW_TURNS)
+            earlier = (t for t in stored if t.position < before)
+            memory.turns = deque(earlier, maxlen=WINDOW_TURNS)
         return list(memory.turns)
 
     async def _profile_before(self, memory: TurnMemory) -> ProfileRecord | None:

@@ -1,5 +1,5 @@
-"""Prometheus metrics of one server: connections, turns, latency, errors, micro-batches and
-the chat model's fallbacks.
+"""Prometheus metrics of one server: connections, refused upgrades, turns, latency, errors,
+micro-batches and the chat model's fallbacks.
 
 Each Runtime owns its own registry, so several servers in one process (tests) never share
 or collide on counters. `render` is what GET /metrics answers.
@@ -124,6 +124,12 @@ class Metrics:
         self.messages = Counter(
             "assistant_messages", "Chat messages stored and acked", registry=registry
         )
+        self.voice_notes = Counter(
+            "assistant_voice_notes",
+            "Chat voice notes transcribed and stored, or refused, by outcome (an error code)",
+            ["outcome"],
+            registry=registry,
+        )
         self.turns = Counter("assistant_turns", "Turns the bot answered", registry=registry)
         self.turn_latency = Histogram(
             "assistant_turn_latency_seconds",
@@ -135,6 +141,12 @@ class Metrics:
             "assistant_errors",
             "Error frames sent, by route and code",
             ["route", "code"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "assistant_upgrades_refused",
+            "WebSocket upgrades refused with an HTTP status before opening, by route and reason",
+            ["route", "reason"],
             registry=registry,
         )
         self.redis_up = Gauge(
@@ -176,8 +188,15 @@ class Metrics:
     def error(self, route: str, code: str) -> None:
         self.errors.labels(route, code).inc()
 
+    def upgrade_refused(self, route: str, reason: str) -> None:
+        self.refused.labels(route, reason).inc()
+
     def message_stored(self) -> None:
         self.messages.inc()
+
+    def voice_note(self, outcome: str) -> None:
+        """A chat voice note "stored", or refused with this error code."""
+        self.voice_notes.labels(outcome).inc()
 
     def turn_answered(self, seconds: float) -> None:
         self.turns.inc()

@@ -268,6 +268,8 @@ def _plain(value: Any) -> Any:
         return {"label": value.label, "confidence": round(value.confidence, 4)}
     if isinstance(value, EmotionLabel):
         return {"label": value.label, "scores": {k: round(v, 4) for k, v in value.scores.items()}}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
     return value
 
 

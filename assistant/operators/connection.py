@@ -298,6 +298,8 @@ class OperatorConnection:
         await service.watch(frame.session_id, self)
         self._watching.add(frame.session_id)
         turns = await service.chat.store.list_turns(frame.session_id)
+        # A session is its conversation: the dialogue state as of its last stored turn.
+        conversation = await service.chat.store.get_conversation(frame.session_id)
         await self._audit(frame.type, summary["user_id"], session_id=frame.session_id)
         return {
             "session_id": frame.session_id,
@@ -305,6 +307,7 @@ class OperatorConnection:
             "status": summary["status"],
             "operator": summary["operator"],
             "turns": [turn_json(t) for t in turns[-100:]],
+            "dialogue_state": conversation.dialogue_state if conversation is not None else None,
         }
 
     async def _unwatch(self, frame: SessionUnwatch) -> dict[str, Any]:

@@ -71,6 +71,8 @@ def live_turn_json(turn: LiveTurn) -> dict[str, Any]:
         "intent": turn.intent,
         "emotion": turn.emotion,
         "at": when(turn.at),
+        "turn": turn.reading,
+        "suggestions": list(turn.suggestions) if turn.suggestions is not None else None,
     }
 
 
@@ -86,6 +88,7 @@ def turn_json(turn: TurnRecord) -> dict[str, Any]:
         "emotion_scores": turn.emotion_scores,
         "latency_ms": turn.latency_ms,
         "at": when(turn.created_at),
+        "position": turn.position,
     }
 
 
@@ -96,6 +99,7 @@ def conversation_json(conversation: ConversationRecord) -> dict[str, Any]:
         "status": conversation.status,
         "started_at": when(conversation.started_at),
         "ended_at": when(conversation.ended_at),
+        "dialogue_state": conversation.dialogue_state,
     }
 
 

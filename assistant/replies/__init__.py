@@ -5,8 +5,16 @@
 - conversation: Conversation intents (greeting, thanks, goodbye, a request for a person),
   recognised before the handoff policy counts the turn.
 - deltas: How a finished reply is cut into streamed deltas.
+- details: The details of what a customer asks about (merchant, amount, date, card,
+  transfer), read from behaviour events and from the customer's words.
+- dialogue: The conversation's dialogue state (topic, open question, details) and how each
+  message is read against it: new topic, follow-up or clarification.
+- follow_up_model: The follow-up detector: how much a message leans on what was said before
+  it, a linear model over its embedding and surface cues.
 - generation: Response generation for one turn: retrieve, plan, then write with the chat model
   or composer.
+- grounding: The guard on a chat model's reply: it may state an amount, a date or a merchant
+  only when the conversation already did.
 - handoff: When the bot hands a conversation to a person: pure policy functions, no I/O.
 - knowledge_base: The assistant's knowledge base: one written answer per supported intent,
   loaded and checked.

@@ -13,9 +13,12 @@ Two pure steps. `plan_reply` decides what to say:
 
 `render` writes it: an opening that follows the emotion (acknowledges anger, worry or
 sadness; brief with frustration), a line on the customer's own recent behaviour when it
-bears on the answer (the declined payment, the card ordered long ago), the knowledge-base
-answer, then a follow-up question or an offer of a person. Variants are picked by a stable
-hash of the inputs, so the same inputs always give the same text.
+bears on the answer (the declined payment, the card ordered long ago), the thing in question
+with its known details when the answer is about one and that line did not name them ("Let's
+look at your payment of €42.50 at FreshMart."), the knowledge-base answer, then a follow-up
+question or an offer of a person. Variants are picked by a stable hash of the inputs, so the
+same inputs always give the same text. No detail is written that the details or the notes do
+not hold.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from assistant.replies.details import EMPTY, Details, describe, for_subject
 from assistant.replies.knowledge_base import (
     GREETING,
     HANDOFF,
@@ -75,6 +79,7 @@ class ReplyPlan:
     offer_human: bool = False
     variant: int = 0  # picks among equivalent phrasings
     channel: str = "chat"  # chat | voice: a call hears entries' voice wording
+    details: Details = EMPTY  # the details of the thing in question that the reply names
 
     @property
     def entry_ids(self) -> tuple[str, ...]:
@@ -149,6 +154,18 @@ def _note(
     return None
 
 
+def _named(
+    kind: ReplyKind, entry: KnowledgeEntry, note: BehaviourNote | None, details: Details
+) -> Details:
+    """The details an answer names: only an answer about one thing names any, and none when
+    the note on the customer's behaviour already did."""
+    if kind is not ReplyKind.ANSWER or entry.about is None:
+        return EMPTY
+    if note is not None and note.details.known:
+        return EMPTY
+    return for_subject(details, entry.about)
+
+
 def plan_reply(
     kb: KnowledgeBase,
     understanding: Understanding,
@@ -159,10 +176,11 @@ def plan_reply(
     near_handoff: bool = False,
     policy: ComposerPolicy = DEFAULT_POLICY,
     channel: str = "chat",
+    details: Details = EMPTY,
 ) -> ReplyPlan:
     """Decide the reply; `handoff`: this turn goes to a person; `near_handoff`: one more
     not-understood turn would (see assistant.replies.handoff.near_handoff); `channel`: chat
-    or voice."""
+    or voice; `details`: what is known of the thing in question (assistant.replies.details)."""
     emotion = understanding.emotion
     if handoff:
         entry = kb.for_intent(HANDOFF)
@@ -188,6 +206,7 @@ def plan_reply(
         offer_human=offer_human,
         variant=_stable(entry.id, emotion or "", str(summary.turn_count)),
         channel=channel,
+        details=_named(kind, entry, note, details),
     )
 
 
@@ -211,6 +230,8 @@ HUMAN_OFFER = (
     "If you'd rather talk to a person, just say so and I'll bring in a member of our team."
 )
 HUMAN_OFFER_ANGRY = "If you'd prefer, I can bring in a member of our team right away; just ask."
+# How a reply names the thing in question before answering about it.
+IN_QUESTION = "Let's look at {}."
 OPEN_CLARIFY = (
     "I want to make sure I help with the right thing: could you tell me a little more about "
     "what you need? I can help with your cards, payments, transfers, top-ups, currency "
@@ -277,6 +298,10 @@ def render(plan: ReplyPlan) -> str:
         if entry.follow_ups and not plan.offer_human:
             parts.append(entry.follow_ups[0])
     else:
+        about = plan.entry.about
+        thing = describe(plan.details, about) if about is not None else None
+        if thing is not None:
+            parts.append(IN_QUESTION.format(thing))
         if plan.emotion == "frustrated":
             parts.append(_first(answer, 1))
         elif plan.emotion == "angry":
@@ -300,6 +325,7 @@ def compose(
     near_handoff: bool = False,
     policy: ComposerPolicy = DEFAULT_POLICY,
     channel: str = "chat",
+    details: Details = EMPTY,
 ) -> tuple[ReplyPlan, str]:
     """Plan and render in one call."""
     plan = plan_reply(
@@ -311,5 +337,6 @@ def compose(
         near_handoff=near_handoff,
         policy=policy,
         channel=channel,
+        details=details,
     )
     return plan, render(plan)

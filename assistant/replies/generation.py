@@ -8,11 +8,13 @@
 
 With no chat model (ASSISTANT_LLM=none) the composer writes the reply. With one, the LCEL
 chain streams it; if the model fails, times out (`timeout_s` to the first piece and between
-pieces, `total_timeout_s` in all) or says nothing, the composer's reply is used instead: the
-failure is logged and counted, never shown to the customer. A model that fails after it has
-streamed part of a reply is followed by a paragraph break and the composer's reply, so that
-the pieces still join to the reply's full text, as the protocol promises. The handoff
-notice is always the composer's: it must not answer the question it hands to a person.
+pieces, `total_timeout_s` in all), says nothing, or states an amount, date or merchant that
+the conversation does not hold (`assistant.replies.grounding`, checked sentence by sentence
+before it is sent), the composer's reply is used instead: the failure is logged and counted,
+never shown to the customer. A model that fails after it has streamed part of a reply is
+followed by a paragraph break and the composer's reply, so that the pieces still join to the
+reply's full text, as the protocol promises. The handoff notice is always the composer's: it
+must not answer the question it hands to a person.
 
 Privacy: the utterance and window are redacted here again before any prompt, a request's
 profile summary must belong to the request's user, and the chain keeps no state between
@@ -37,6 +39,8 @@ from langchain_core.runnables import Runnable
 from assistant.core.redaction import redact
 from assistant.replies.composer import DEFAULT_POLICY, ComposerPolicy, ReplyKind, ReplyPlan, compose
 from assistant.replies.deltas import sentence_chunks
+from assistant.replies.details import Details, merge
+from assistant.replies.grounding import Grounds, SentenceGate
 from assistant.replies.knowledge_base import KnowledgeBase, load_knowledge_base
 from assistant.replies.llm_backends import LocalLoader, build_chat_model
 from assistant.replies.llm_config import GenerationConfig
@@ -48,6 +52,7 @@ from assistant.replies.retrieval import (
     KnowledgeRetriever,
     Passage,
     build_retriever,
+    passage_text,
 )
 from assistant.replies.understanding import Understanding
 
@@ -65,6 +70,7 @@ class FallbackReason(StrEnum):
     TIMEOUT = "timeout"
     ERROR = "error"
     EMPTY = "empty"
+    UNGROUNDED = "ungrounded"  # it stated a detail the conversation does not hold
 
 
 # Where ChatOpenAI sends requests when neither the settings nor OPENAI_BASE_URL name a server.
@@ -103,7 +109,8 @@ def _is_timeout(exc: BaseException) -> bool:
 class GenerationRequest:
     """One user turn to answer. `handoff`: the policy hands this turn to a person;
     `near_handoff`: one more not-understood turn would (the reply then offers a person);
-    `channel`: chat, or voice for a phone call (whose reply is spoken)."""
+    `channel`: chat, or voice for a phone call (whose reply is spoken); `details`: what is
+    known of the thing in question (assistant.replies.details), which the reply names."""
 
     user_id: str
     utterance: str
@@ -113,6 +120,7 @@ class GenerationRequest:
     handoff: bool = False
     near_handoff: bool = False
     channel: str = "chat"
+    details: Details = field(default_factory=Details)
     # The utterance's embedding when the caller already has it (saves an encoder run).
     query_vector: npt.NDArray[np.float32] | None = None
 
@@ -145,6 +153,7 @@ class GenerationStats:
     fallback_timeouts: int = 0
     fallback_errors: int = 0
     fallback_empty: int = 0
+    fallback_ungrounded: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -154,6 +163,7 @@ class GenerationStats:
             FallbackReason.TIMEOUT.value: self.fallback_timeouts,
             FallbackReason.ERROR.value: self.fallback_errors,
             FallbackReason.EMPTY.value: self.fallback_empty,
+            FallbackReason.UNGROUNDED.value: self.fallback_ungrounded,
         }
 
 
@@ -258,6 +268,8 @@ class ResponseGenerator:
                 stats.fallback_timeouts += 1
             elif reason is FallbackReason.ERROR:
                 stats.fallback_errors += 1
+            elif reason is FallbackReason.UNGROUNDED:
+                stats.fallback_ungrounded += 1
             else:
                 stats.fallback_empty += 1
 
@@ -275,12 +287,15 @@ class ResponseGenerator:
             near_handoff=request.near_handoff,
             policy=self.policy,
             channel=request.channel,
+            details=request.details,
         )
         sent: list[str] = []
         reason: FallbackReason | None = None
         # The handoff notice is policy text: it must not answer the question it hands over.
         chain = self._chain if plan.kind is not ReplyKind.HANDOFF else None
         if chain is not None:
+            # What the note on the customer's behaviour names is known too.
+            noted = plan.note.details if plan.note is not None else Details()
             inputs = ChainInput(
                 utterance=redact(request.utterance),
                 understanding=request.understanding,
@@ -288,20 +303,33 @@ class ResponseGenerator:
                 window=self._window(request.window),
                 passages=self._prompt_passages(plan, passages),
                 plan=plan,
+                details=merge(noted, request.details),
             )
+            gate = SentenceGate(self._grounds(inputs, request.details))
             failure = ""
             try:
                 # aclosing: a reply abandoned mid-stream closes the model's stream at once.
                 async with contextlib.aclosing(self._model_pieces(chain, inputs)) as pieces:
                     async for piece in pieces:
-                        sent.append(piece)
-                        yield piece
+                        if checked := gate.feed(piece):
+                            sent.append(checked)
+                            yield checked
+                        if gate.failure is not None:
+                            break
             except TimeoutError:
                 reason = FallbackReason.TIMEOUT
             except Exception as exc:  # any model or transport failure: the composer answers
                 reason = FallbackReason.TIMEOUT if _is_timeout(exc) else FallbackReason.ERROR
                 # The type only: a model's error text may quote the prompt or its output.
                 failure = f" ({type(exc).__name__})"
+            # What the model wrote before it stopped goes out, as far as it passes the guard.
+            if rest := gate.close():
+                sent.append(rest)
+                yield rest
+            if reason is None and gate.failure is not None:
+                reason = FallbackReason.UNGROUNDED
+                # The kind only: the detail itself may be personal.
+                failure = f" ({gate.failure} not in the conversation)"
             if reason is None and not "".join(sent).strip():
                 reason = FallbackReason.EMPTY
             if reason is not None:
@@ -323,6 +351,19 @@ class ResponseGenerator:
         source = ReplySource.MODEL if chain is not None and reason is None else ReplySource.COMPOSER
         self._count(source, reason)
         done.set_result(GeneratedReply("".join(sent), source, plan, tuple(passages), reason))
+
+    @staticmethod
+    def _grounds(inputs: ChainInput, details: Details) -> Grounds:
+        """What the model's reply may state: what its prompt gave it of this conversation."""
+        return Grounds.of(
+            details=(inputs.details, details),
+            texts=(
+                inputs.utterance,
+                *(turn.text for turn in inputs.window),
+                *inputs.profile.lines(),
+                *(passage_text(p.entry) for p in inputs.passages),
+            ),
+        )
 
     def _window(self, window: Sequence[ConversationTurn]) -> tuple[ConversationTurn, ...]:
         keep = self.config.window_turns

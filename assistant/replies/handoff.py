@@ -8,7 +8,11 @@ Triggers, checked on each user turn:
 - **not understood**: this turn and the one before were each low-confidence or out-of-scope
   (a turn without an intent model's confidence never counts: nothing measured it, and a
   conversation intent, such as a greeting or thanks (`assistant.replies.conversation`), is
-  understood whatever its confidence).
+  understood whatever its confidence). With the dialogue state on
+  (`assistant.replies.dialogue`), the policy sees the turn as the dialogue read it: a
+  follow-up read within the topic carries the topic's confidence, and a turn answered with a
+  clarifying question is understood (the bot is doing something about it), whatever the
+  heads alone made of the message.
 
 Once handed off, the conversation waits for an operator and the bot stays quiet
 (`HandoffDecision.answer` is False) until an operator releases it; the release also forgets
@@ -60,12 +64,13 @@ class TurnSignal:
     confidence: float | None = None
     out_of_scope: bool = False
     anger: float = 0.0  # the emotion model's score for "angry" (0 with no emotion model)
+    clarifying: bool = False  # the bot answers with a clarifying question
 
     def low_confidence(self, policy: HandoffPolicy = DEFAULT_POLICY) -> bool:
         return self.confidence is not None and self.confidence < policy.low_confidence
 
     def unresolved(self, policy: HandoffPolicy = DEFAULT_POLICY) -> bool:
-        if self.intent in _CONVERSATIONAL:
+        if self.intent in _CONVERSATIONAL or self.clarifying:
             return False
         return self.out_of_scope or self.low_confidence(policy)
 
@@ -126,14 +131,16 @@ def asks_for_human(text: str) -> bool:
     return bool(_REAL.search(text)) and not _ABOUT_BOT.search(text)
 
 
-def turn_signal(text: str, understanding: Understanding) -> TurnSignal:
-    """The policy's view of one user turn (text already redacted or not: only words matter)."""
+def turn_signal(text: str, understanding: Understanding, *, clarifying: bool = False) -> TurnSignal:
+    """The policy's view of one user turn (text already redacted or not: only words matter);
+    `clarifying`: the bot answers it with a clarifying question."""
     return TurnSignal(
         explicit_request=asks_for_human(text),
         intent=understanding.intent,
         confidence=understanding.confidence,
         out_of_scope=understanding.out_of_scope,
         anger=understanding.emotion_score("angry"),
+        clarifying=clarifying,
     )
 
 

@@ -14,7 +14,11 @@ Answers live as TOML files in `assistant/replies/knowledge/` (shipped with the p
 - `offer_human` (optional, default false): the topic is urgent or sensitive enough that the
   reply always offers a person;
 - `voice_answer` (optional): the answer as a phone call says it, where the chat wording would
-  not fit a call ("reply here", "this chat"); calls use `answer` without it.
+  not fit a call ("reply here", "this chat"); calls use `answer` without it;
+- `about` (optional): the one thing the answer is about (`payment`, `refund`, `transfer`,
+  `withdrawal`, `top_up` or `card`, as `assistant.replies.details` names them), so that the
+  reply names its known details ("your payment of 42.50 at FreshMart"); how-to answers have
+  none.
 
 `load_knowledge_base` validates every field and, by default, that every supported intent has
 exactly one answer, so a missing answer fails at start-up and in tests, not in a conversation.
@@ -27,6 +31,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from assistant.replies.details import SUBJECTS, Subject, subject_of
 
 KNOWLEDGE_DIR = Path(__file__).resolve().parent / "knowledge"
 
@@ -141,6 +147,7 @@ class KnowledgeEntry:
     questions: tuple[str, ...]
     offer_human: bool = False
     voice_answer: str | None = None
+    about: Subject | None = None  # what the answer is about, whose details a reply names
     source: str = ""  # file name, for error messages
 
     def answer_on(self, channel: str) -> str:
@@ -198,7 +205,7 @@ class KnowledgeBase:
 
 
 _REQUIRED = ("id", "intent", "title", "answer", "facts", "follow_ups", "questions")
-_OPTIONAL = ("offer_human", "voice_answer")
+_OPTIONAL = ("offer_human", "voice_answer", "about")
 
 
 def _text(raw: Mapping[str, Any], key: str, where: str) -> str:
@@ -226,6 +233,9 @@ def parse_entry(raw: Mapping[str, Any], source: str) -> KnowledgeEntry:
     offer_human = raw.get("offer_human", False)
     if not isinstance(offer_human, bool):
         raise KnowledgeBaseError(f"{where}: 'offer_human' must be true or false")
+    about = raw.get("about")
+    if about is not None and subject_of(about) is None:
+        raise KnowledgeBaseError(f"{where}: 'about' must be one of {', '.join(SUBJECTS)}")
     entry = KnowledgeEntry(
         id=_text(raw, "id", where),
         intent=_text(raw, "intent", where),
@@ -236,6 +246,7 @@ def parse_entry(raw: Mapping[str, Any], source: str) -> KnowledgeEntry:
         questions=_texts(raw, "questions", where, at_least=1),
         offer_human=offer_human,
         voice_answer=_text(raw, "voice_answer", where) if "voice_answer" in raw else None,
+        about=subject_of(about),
         source=source,
     )
     if not entry.id.startswith("kb-"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -35,7 +35,7 @@ class GenerationConfig:
     llm: LlmKind = "none"
     model: str | None = None
     base_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in logs
     timeout_s: float = 10.0
     total_timeout_s: float = 60.0
     max_tokens: int = 300

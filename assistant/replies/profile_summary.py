@@ -10,8 +10,11 @@ events and recent turns. `summarize_profile` keeps only what helps answer the ne
 
 Privacy: records of any other user are dropped, note texts are written from a fixed
 vocabulary (property values pass only as short words, never numbers or free text), and no
-names, texts or identifiers of the user enter the summary. So the summary can go into a
-prompt whole.
+names, texts or identifiers of the user enter the summary. The one exception is the details
+of the event a note describes (the merchant, the amount and its currency, a transfer's
+recipient), which pass the checks of `assistant.replies.details`: a short name with no run
+of four digits and nothing redaction would hide, a positive number, a three-letter code. So
+the summary can go into a prompt whole.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from assistant.replies.details import EMPTY, Details, Subject, event_details, modifiers
 from assistant.replies.understanding import EMOTIONS, NEGATIVITY
 
 Trend = Literal["rising", "easing", "steady", "unknown"]
@@ -89,6 +93,7 @@ class BehaviourNote:
     age_s: float
     intents: frozenset[str]  # the intents this note is relevant to
     problem: bool  # something failed, is stuck or went wrong
+    details: Details = EMPTY  # what the text names of the event: merchant, amount, recipient
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,13 +212,33 @@ class _Draft:
     intents: frozenset[str]
     problem: bool
     window: timedelta = NOTE_WINDOW
+    details: Details = EMPTY
+
+
+def _named(name: str, props: Mapping[str, Any]) -> Details:
+    """The details a note names: those of its event, without the date (the note gives the
+    event's age) or the card."""
+    found = event_details(name, props, None)
+    return Details(
+        about=found.about,
+        merchant=found.merchant,
+        amount=found.amount,
+        currency=found.currency,
+        transfer=found.transfer,
+    )
+
+
+def _of(details: Details, subject: Subject) -> str:
+    """ " of €42.50 at FreshMart": what follows a note's noun."""
+    return modifiers(details, subject, when=False, card=False)
 
 
 def _card_payment(props: Mapping[str, Any]) -> _Draft | None:
     status = _word(props, "status")
     where = _CHANNEL.get(_word(props, "channel") or "", "")
     virtual = _word(props, "card_type") == "virtual"
-    card = "virtual card payment" if virtual else "card payment"
+    details = _named("card_payment", props)
+    card = ("virtual card payment" if virtual else "card payment") + _of(details, "payment")
     if status == "declined":
         intents = set(_CARD_NOT_WORKING)
         if where == "by contactless":
@@ -225,6 +250,7 @@ def _card_payment(props: Mapping[str, Any]) -> _Draft | None:
             f"a {card} was declined {where}".rstrip(),
             frozenset(intents),
             True,
+            details=details,
         )
     if status == "pending":
         return _Draft(
@@ -232,6 +258,7 @@ def _card_payment(props: Mapping[str, Any]) -> _Draft | None:
             f"a {card} was marked pending",
             frozenset({"pending_card_payment"}),
             True,
+            details=details,
         )
     if status == "reverted":
         return _Draft(
@@ -239,12 +266,17 @@ def _card_payment(props: Mapping[str, Any]) -> _Draft | None:
             f"a {card} was reverted",
             frozenset({"reverted_card_payment?"}),
             True,
+            details=details,
         )
     return None
 
 
 def _status_draft(
-    name: str, subject: str, table: Mapping[str, tuple[str, set[str]]], props: Mapping[str, Any]
+    name: str,
+    subject: str,
+    table: Mapping[str, tuple[str, set[str]]],
+    props: Mapping[str, Any],
+    details: Details = EMPTY,
 ) -> _Draft | None:
     status = _word(props, "status")
     found = table.get((status or "").replace(" ", "_"))
@@ -256,39 +288,53 @@ def _status_draft(
         f"{subject} {verb}",
         frozenset(intents),
         problem=status != "completed",
+        details=details,
     )
 
 
 def _draft(name: str, props: Mapping[str, Any]) -> _Draft | None:
     """What one event says, before its age is known; None for events not worth a mention."""
+    details = _named(name, props)
     if name == "payment_failed":
         reason = _word(props, "reason")
         return _Draft(
             "payment_failed",
-            "a payment failed at checkout" + (f" ({reason})" if reason else ""),
+            f"a payment{_of(details, 'payment')} failed at checkout"
+            + (f" ({reason})" if reason else ""),
             frozenset({*_CARD_NOT_WORKING, "virtual_card_not_working"}),
             True,
+            details=details,
         )
     if name == "card_payment":
         return _card_payment(props)
     if name == "transfer_sent":
         scope = _word(props, "scope")
-        subject = f"an {scope} transfer" if scope == "international" else "a transfer you sent"
-        return _status_draft(name, subject, _TRANSFER_INTENTS, props)
+        of = _of(details, "transfer")
+        subject = (
+            f"an {scope} transfer{of}"
+            if scope == "international"
+            else f"a transfer{of}"
+            if of
+            else "a transfer you sent"
+        )
+        return _status_draft(name, subject, _TRANSFER_INTENTS, props, details)
     if name == "top_up":
         method = {"card": "card", "bank transfer": "bank transfer", "cash": "cash"}.get(
             _word(props, "method") or "", ""
         )
-        draft = _status_draft(name, f"a {method} top-up".replace("  ", " "), _TOP_UP_INTENTS, props)
+        subject = f"a {method} top-up".replace("  ", " ") + _of(details, "top_up")
+        draft = _status_draft(name, subject, _TOP_UP_INTENTS, props, details)
         if draft and method == "bank transfer" and draft.kind == "top_up_pending":
             extra = {"balance_not_updated_after_bank_transfer"}
-            return _Draft(draft.kind, draft.clause, draft.intents | extra, True)
+            return replace(draft, intents=draft.intents | extra, problem=True)
         if draft and method == "cash" and draft.kind == "top_up_pending":
             extra = {"balance_not_updated_after_cheque_or_cash_deposit"}
-            return _Draft(draft.kind, draft.clause, draft.intents | extra, True)
+            return replace(draft, intents=draft.intents | extra, problem=True)
         return draft
     if name == "atm_withdrawal":
-        return _status_draft(name, "a cash withdrawal", _ATM_INTENTS, props)
+        return _status_draft(
+            name, f"a cash withdrawal{_of(details, 'withdrawal')}", _ATM_INTENTS, props, details
+        )
     if name == "atm_card_retained":
         return _Draft(
             "atm_card_retained", "an ATM kept your card", frozenset({"card_swallowed"}), True
@@ -349,7 +395,7 @@ def _draft(name: str, props: Mapping[str, Any]) -> _Draft | None:
     if name == "card_transaction_disputed":
         return _Draft(
             "transaction_flagged",
-            "you flagged a transaction",
+            f"you flagged a transaction{_of(details, 'payment')}",
             frozenset(
                 {
                     "card_payment_not_recognised",
@@ -358,6 +404,7 @@ def _draft(name: str, props: Mapping[str, Any]) -> _Draft | None:
                 }
             ),
             True,
+            details=details,
         )
     if name == "device_removed":
         return _Draft(
@@ -368,11 +415,13 @@ def _draft(name: str, props: Mapping[str, Any]) -> _Draft | None:
         )
     if name == "refund_requested":
         status = _word(props, "status")
+        refund = f"a refund{_of(details, 'refund')}"
         return _Draft(
             "refund",
-            f"a refund was {status}" if status else "a refund was requested",
+            f"{refund} was {status}" if status else f"{refund} was requested",
             frozenset({"Refund_not_showing_up", "request_refund"}),
             False,
+            details=details,
         )
     if name == "order_placed":
         return _Draft(
@@ -462,7 +511,7 @@ def behaviour_notes(
                 continue
             text = f"{draft.clause} {age_phrase(age.total_seconds())}"
             note = BehaviourNote(
-                draft.kind, text, age.total_seconds(), draft.intents, draft.problem
+                draft.kind, text, age.total_seconds(), draft.intents, draft.problem, draft.details
             )
         if note is None:
             continue
@@ -472,13 +521,7 @@ def behaviour_notes(
     for kind, note in newest.items():
         count = repeats[kind]
         if count > 1:
-            note = BehaviourNote(
-                note.kind,
-                f"{note.text} ({count} times recently)",
-                note.age_s,
-                note.intents,
-                note.problem,
-            )
+            note = replace(note, text=f"{note.text} ({count} times recently)")
         notes.append(note)
     notes.sort(key=lambda n: (not n.problem, n.age_s, n.kind))
     return tuple(notes[:max_notes])

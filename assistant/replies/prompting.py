@@ -4,11 +4,14 @@
     async for piece in chain.astream(ChainInput(...)): ...
 
 `ChainInput` holds one turn of one user: the (redacted) utterance, what the models
-understood, the user's profile summary, the conversation window, the retrieved passages and
-the composer's plan, whose decisions (clarify, be brief, offer a person, mention the failed
-payment) become instructions, so the model and the composer follow one policy. Nothing else
-enters the prompt: no other user's data can, because a chain input is built per request
-and the chain keeps no state between calls.
+understood, the user's profile summary, the conversation window, the retrieved passages, the
+known details of the thing in question (a "Known details" block: the model may state those
+and no other merchant, amount or date) and the composer's plan, whose decisions (clarify, be
+brief, offer a person, mention the failed payment, name the payment's details) become
+instructions, so the model and the composer follow one policy. Nothing else enters the
+prompt: no other user's data can, because a chain input is built per request and the chain
+keeps no state between calls. What the model writes is still checked against the same
+grounds (`assistant.replies.grounding`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable, RunnableLambda
 
 from assistant.replies.composer import ReplyKind, ReplyPlan
+from assistant.replies.details import EMPTY, Details, describe, prompt_lines
 from assistant.replies.profile_summary import ProfileSummary
 from assistant.replies.retrieval import Passage, passage_text
 from assistant.replies.understanding import Understanding
@@ -37,6 +41,9 @@ Rules:
 - Answer only from the knowledge-base passages below. If they do not cover the question, say \
 so and offer to bring in a member of the team.
 - Never invent fees, amounts, dates, limits, phone numbers, addresses or links.
+- Name a merchant, amount, date, card or transfer recipient only as the known details below or \
+the customer's own messages give it; never state one that is not there, and add no currency \
+to an amount whose currency is not known.
 - Never ask for a full card number, PIN, passcode or security code.
 - Use the customer details only to make the answer specific to them.
 - Plain text, no headings or lists, at most {max_sentences} sentences.
@@ -46,6 +53,9 @@ What the models understood of the customer's latest message:
 
 About this customer:
 {profile}
+
+Known details of what the customer is asking about:
+{details}
 
 Knowledge-base passages:
 {passages}
@@ -78,6 +88,7 @@ class ChainInput:
     window: tuple[ConversationTurn, ...]
     passages: tuple[Passage, ...]
     plan: ReplyPlan
+    details: Details = EMPTY
 
 
 def describe_understanding(u: Understanding) -> str:
@@ -96,6 +107,13 @@ def describe_understanding(u: Understanding) -> str:
         score = u.emotion_scores.get(u.emotion)
         lines.append(f"- emotion: {u.emotion}" + (f" ({score:.2f})" if score is not None else ""))
     return "\n".join(lines)
+
+
+def describe_details(details: Details) -> str:
+    lines = prompt_lines(details)
+    if not lines:
+        return "- none: state no merchant, amount or date the customer did not write"
+    return "\n".join(f"- {line}" for line in lines)
 
 
 def describe_profile(summary: ProfileSummary) -> str:
@@ -146,6 +164,9 @@ def guidance(plan: ReplyPlan) -> str:
             lines.append("The request is unclear: ask the customer to say more about it.")
     else:
         lines.append(f"Answer with the facts of passage [{entry.id}].")
+        thing = describe(plan.details, entry.about) if entry.about is not None else None
+        if thing is not None:
+            lines.append(f"Refer to it as {thing}.")
     if plan.brief:
         lines.append("Keep it to one or two sentences.")
     if plan.emotion in TONE:
@@ -175,6 +196,7 @@ def prompt_values(inputs: ChainInput) -> dict[str, Any]:
         "max_sentences": 2 if inputs.plan.brief else 5,
         "understanding": describe_understanding(inputs.understanding),
         "profile": describe_profile(inputs.profile),
+        "details": describe_details(inputs.details),
         "passages": "\n\n".join(passage_text(p.entry) for p in inputs.passages)
         or "(none retrieved)",
         "guidance": guidance(inputs.plan),

@@ -11,6 +11,8 @@
   barge-in.
 - synthesis: Spoken replies: a pluggable text-to-speech engine and 20 ms telephony framing.
 - twilio: The `/voice/twilio` route: one TwilioConnection per Twilio Media Stream.
+- twilio_signature: Twilio's `X-Twilio-Signature` on a stream's upgrade: the signed URL and the
+  check, pure.
 
 Other rooms import from these modules by name; nothing is re-exported here.
 """

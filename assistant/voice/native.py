@@ -156,6 +156,8 @@ class NativeConnection(VoiceConnection):
                 reply.emotion,
                 reply.handoff,
                 reply.waiting,
+                reply.turn,
+                reply.suggestions,
             )
         )
 

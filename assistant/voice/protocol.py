@@ -484,6 +484,8 @@ class VoiceReply:
     emotion: EmotionLabel | None = None
     handoff: bool = False
     waiting: str | None = None  # as in /chat's reply: where a caller waiting for a person stands
+    turn: str | None = None  # as in /chat's reply: new_topic, follow_up or clarification
+    suggestions: tuple[str, ...] | None = None  # a clarification's choices, as in /chat
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ VoiceService owns what every call shares (the VAD model, the speech recognizer, 
 featurizer and the synthesizer, loaded once) and the live calls. Each WebSocket gets a
 connection that speaks its route's protocol and drives one VoiceCall: `/voice/twilio`
 (Twilio Media Streams, assistant/voice/twilio.py) or `/voice` (native audio,
-assistant/voice/native.py).
+assistant/voice/native.py). The same models hear the voice notes of /chat (`hear_note`).
 """
 
 from __future__ import annotations
@@ -14,17 +14,24 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from assistant.chat.identity import Identity, identify
 from assistant.chat.service import ChatService
+from assistant.chat.voice_notes import HeardNote
 from assistant.core.outbox import Outbox, Transport
 from assistant.core.wire import CLOSE_SERVICE_RESTART
 from assistant.voice.call import CallConfig, CallRoute, VoiceCall
 from assistant.voice.models import VoiceModels, VoiceModelsConfig
 from assistant.voice.protocol import VoiceErrorCode
 from assistant.voice.speaker import Speaker
+from fusion.voice_emotion import voice_emotion_vector
 from profiles import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,20 @@ class VoiceService:
                 self._models = await asyncio.to_thread(VoiceModels.load, self.config.models)
             self._models.start()
             return self._models
+
+    async def hear_note(self, audio_16k: FloatArray) -> HeardNote:
+        """A chat voice note (16 kHz float mono) heard as a caller's utterance is: the
+        recognizer's transcript, the featurizer's speech vector and what the emotion head
+        hears (assistant.chat.voice_notes.NoteHearing)."""
+        models = await self.load()
+        features = asyncio.ensure_future(models.speech_features(audio_16k))
+        try:
+            transcript = await models.recognizer.transcribe(audio_16k)
+            speech = await features
+        finally:
+            features.cancel()
+        voice = voice_emotion_vector(transcript.encoder_mean, speech)
+        return HeardNote(transcript.text.strip(), speech, voice)
 
     async def drain(self) -> None:
         """SIGTERM: take no new calls; end the live ones (their turns in flight are stored)

@@ -19,6 +19,7 @@ let counter = 0;
 let me = null;
 let cursor = null;
 let watching = null; // session id
+let dialogue = null; // the watched conversation's dialogue state (docs/conversation.md)
 let opening = null; // {sessionId, frames}: live frames that came before session.watch's answer
 const waiting = new Map(); // ref -> {resolve}
 
@@ -62,6 +63,7 @@ function onLive(frame) {
     // (its id is the user turn's) carries its labels.
     if (pushedBefore) setLabels(pushedBefore, turn.intent, turn.emotion);
     if (!box.querySelector(`.turn[data-answers="${CSS.escape(turn.id)}"]`)) addTurn(box, turn, turn.id);
+    followReading(turn);
     return;
   }
   if (turn.role === "user" && pushedBefore) return; // already in the history
@@ -181,6 +183,45 @@ function addTurn(box, turn, answers) {
   box.scrollTop = box.scrollHeight;
 }
 
+// The dialogue state in one line: the topic, how long the conversation has stayed on it, an
+// open clarifying question and the details gathered.
+function dialogueText(state) {
+  if (!state) return `topic ${DASH}`;
+  const parts = [state.topic
+    ? `topic ${state.topic} (${show(state.topic_confidence)}, ${state.turns_on_topic} turn${state.turns_on_topic === 1 ? "" : "s"})`
+    : `topic ${DASH}`];
+  if (state.open_question) parts.push(`asked: ${state.open_question.choices.map((c) => c.suggestion).join(" / ")}`);
+  const details = Object.entries(state.details || {});
+  if (details.length) parts.push(`details: ${details.map(([k, v]) => `${k} ${v}`).join(", ")}`);
+  return parts.join(" · ");
+}
+
+function showDialogue() {
+  const line = $("watch-dialogue");
+  line.textContent = dialogueText(dialogue);
+  line.dataset.topic = (dialogue && dialogue.topic) || "";
+}
+
+// A live reply says how its message was read: a follow-up keeps the topic, a new request in
+// scope sets it, a clarification leaves it and asks (the details are as of the last read).
+function followReading(turn) {
+  if (!turn.turn) return;
+  const tag = el("span", "tag reading", turn.turn.replace("_", " "));
+  tag.dataset.reading = turn.turn;
+  const answer = $("watch-turns").querySelector(`.turn[data-answers="${CSS.escape(turn.id)}"] .who`);
+  if (answer) answer.append(" ", tag);
+  const state = dialogue || { topic: null, topic_confidence: null, turns_on_topic: 0, open_question: null, details: {} };
+  if (turn.turn === "clarification") {
+    dialogue = { ...state, open_question: { choices: (turn.suggestions || []).map((suggestion) => ({ suggestion })) } };
+  } else if (turn.intent && turn.intent !== "out_of_scope") {
+    const same = turn.intent === state.topic;
+    dialogue = { ...state, open_question: null, topic: turn.intent, turns_on_topic: same ? state.turns_on_topic + 1 : 1, topic_confidence: same ? state.topic_confidence : null, details: same ? state.details : {} };
+  } else {
+    dialogue = { ...state, open_question: null };
+  }
+  showDialogue();
+}
+
 // Stored turns in order; each assistant turn answers the user turn before it.
 function addTurns(box, turns) {
   let lastUser = null;
@@ -214,6 +255,7 @@ async function openProfile(userId) {
   for (const c of profile.conversations) {
     const box = el("div");
     box.append(el("div", "muted", `${c.channel} · ${c.status} · ${c.started_at.slice(0, 16)}`));
+    box.append(el("div", "muted dialogue", dialogueText(c.dialogue_state)));
     addTurns(box, c.turns);
     convs.append(box);
   }
@@ -281,6 +323,8 @@ async function watch(sessionId, summary) {
   $("watch-title").textContent = who(summary);
   $("watch-turns").replaceChildren();
   addTurns($("watch-turns"), answer.turns);
+  dialogue = answer.dialogue_state;
+  showDialogue();
   setHeld(answer.status, answer.operator);
   setConnected(summary.connected);
   watching = sessionId;
