@@ -55,11 +55,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from sklearn.linear_model import LogisticRegression
 
 from assistant.replies.conversation import read_conversation
@@ -68,13 +68,14 @@ from assistant.replies.follow_up_model import MODEL_PATH, FollowUpModel, feature
 from assistant.replies.knowledge_base import load_knowledge_base
 from assistant.replies.retrieval import KnowledgeIndex
 from assistant.replies.understanding import Understanding as Read
+from fusion.device import select_device
 from fusion.heads import Understanding
 from fusion.heads.checkpoint import load_intent
-from fusion.heads.lexical import lexical_ids, lexical_pack
+from fusion.heads.lexical import lexical_ids
 from fusion.text_encoder import TextEncoder
 from fusion.training.data import default_data_dir, load_banking77, load_clinc_oos
 from fusion.training.features import text_features
-from fusion.training.heads.members import softmax, stratified_folds
+from fusion.training.heads.members import softmax, stratified_folds, text_logits
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 20
@@ -345,26 +346,12 @@ def out_of_fold(data: Path, x: Matrix) -> tuple[Matrix, npt.NDArray[np.int64], f
     members = model.trunk.config.members
     fold = stratified_folds(train.labels, members, int(art.metadata.get("seed", 0)))
     buckets = model.lexicon.config.buckets
-    out = np.zeros((len(fold), len(art.intents)), dtype=np.float32)
-    own = np.zeros(len(fold), dtype=bool)
-    with torch.inference_mode():
-        for start in range(0, len(fold), 2048):
-            part = slice(start, start + 2048)
-            text = torch.from_numpy(x[part])
-            n = text.shape[0]
-            grams = lexical_pack([lexical_ids(t, buckets) for t in train.texts[part]])
-            logits = model(
-                text,
-                torch.zeros(n, model.film.config.profile_dim),
-                torch.zeros(n, dtype=torch.bool),
-                grams,
-            ).numpy()
-            probs = softmax(logits, art.temperature)  # [M, n, C]
-            out[part] = probs[fold[part], np.arange(n)]
-            own[part] = (
-                probs[(fold[part] + 1) % members, np.arange(n)][:, :-1].argmax(1)
-                == train.labels[part]
-            )
+    grams = [lexical_ids(t, buckets) for t in train.texts]
+    # Without a profile the FiLM generator is the identity: the members' text logits.
+    probs = softmax(text_logits(model.trunk, model.lexicon, x, grams), art.temperature)  # [M, N, C]
+    rows = np.arange(len(fold))
+    out = probs[fold, rows]
+    own = probs[(fold + 1) % members, rows][:, :-1].argmax(1) == train.labels
     accuracy = float((out[:, :-1].argmax(1) == train.labels).mean())
     # A member that trained on a message gets nearly all of them right: if the folds were
     # dealt differently from training, "out of fold" would be in fold and look as good.
@@ -422,9 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.data is None:
         raise SystemExit("no data folder: pass --data (the shared data sets)")
-    torch.set_num_threads(1)
     started = time.perf_counter()
-    device = torch.device("cpu")
+    device = select_device("cpu")
     data: Path = args.data
 
     train = load_banking77(data, "train")
@@ -554,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             float((oos_val_score >= policy.follow_up_oos_score).mean()), 4
         ),
     }
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, torch {version('torch')}")
     print(
         f"data: Banking77 train {len(x_train)}, CLINC150 train and oos_train {len(x_clinc)}, "
         f"CLINC150 oos_val {len(x_oos_val)}, development follow-ups {len(phrases)} in "
