@@ -24,6 +24,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from assistant import Models, ResponseGenerator, Settings, load_models, migrate_database
 from assistant.app.runtime import build_generator
+from assistant.voice.models import VoiceModels, VoiceModelsConfig
+from fusion.asr import AsrConfig
 from profiles import Store
 from server import RunningServer, running
 from tests.support.databases import temporary_pg_database
@@ -97,6 +99,30 @@ async def generator(models: Models) -> ResponseGenerator:
 
 
 ServerFactory = Callable[..., AbstractAsyncContextManager[RunningServer]]
+
+
+@pytest.fixture(scope="session")
+async def voice_models() -> AsyncIterator[VoiceModels]:
+    """The speech models of calls and voice notes, loaded once for the whole run."""
+    config = VoiceModelsConfig(asr=AsrConfig(device="cpu"), device="cpu")
+    loaded = await asyncio.to_thread(VoiceModels.load, config)
+    yield loaded
+    await loaded.stop()
+
+
+@pytest.fixture
+def voice_server(
+    models: Models, generator: ResponseGenerator, voice_models: VoiceModels, sqlite_url: str
+) -> ServerFactory:
+    """Starts servers with the speech models; keyword arguments override Settings fields."""
+
+    def start(**overrides: Any) -> AbstractAsyncContextManager[RunningServer]:
+        settings = replace(
+            Settings(host="127.0.0.1", port=0, db_url=sqlite_url, device="cpu"), **overrides
+        )
+        return running(settings, models=models, generator=generator, voice=voice_models)
+
+    return start
 
 
 @pytest.fixture

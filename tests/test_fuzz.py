@@ -23,11 +23,9 @@ from assistant import (
     ResponseGenerator,
     Settings,
     VoiceModels,
-    VoiceModelsConfig,
     issue_token,
 )
 from assistant.operators.sign_in_throttle import AuthThrottleConfig
-from fusion import AsrConfig
 from server import RunningServer, running
 from tests.support.fuzz_frames import (
     FuzzStats,
@@ -45,14 +43,6 @@ from tests.support.operator_helpers import make_operator
 
 EXAMPLES_PER_ROUTE = 250
 SECRET = "fuzz-secret"
-
-
-@pytest.fixture(scope="module")
-async def voice_models() -> AsyncIterator[VoiceModels]:
-    config = VoiceModelsConfig(asr=AsrConfig(device="cpu"), device="cpu")
-    loaded = await asyncio.to_thread(VoiceModels.load, config)
-    yield loaded
-    await loaded.stop()
 
 
 @pytest.fixture

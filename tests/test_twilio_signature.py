@@ -16,25 +16,19 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from assistant import Models, ResponseGenerator, Settings, SettingsError, VoiceModels
-from assistant.voice.models import VoiceModelsConfig
+from assistant import Settings, SettingsError
 from assistant.voice.twilio_signature import (
     twilio_refusal,
     twilio_signature,
     twilio_stream_url,
 )
-from fusion.asr import AsrConfig
-from server import RunningServer, running
+from server import RunningServer
 from tests.conftest import Client, ServerFactory
 from tests.test_metrics import scrape, value
 from tests.test_voice_calls import TwilioPeer, caller_mulaw, user_turns
@@ -290,30 +284,9 @@ async def test_the_documented_setup_takes_what_twilio_signs(start_server: Server
 # Accepted, and the call works
 
 
-@pytest.fixture(scope="module")
-async def voice_models() -> AsyncIterator[VoiceModels]:
-    config = VoiceModelsConfig(asr=AsrConfig(device="cpu"), device="cpu")
-    loaded = await asyncio.to_thread(VoiceModels.load, config)
-    yield loaded
-    await loaded.stop()
-
-
-@pytest.fixture
-def voice_server(
-    models: Models, generator: ResponseGenerator, voice_models: VoiceModels, sqlite_url: str
-) -> Callable[..., AbstractAsyncContextManager[RunningServer]]:
-    def start(**overrides: Any) -> AbstractAsyncContextManager[RunningServer]:
-        settings = replace(
-            Settings(host="127.0.0.1", port=0, db_url=sqlite_url, device="cpu"), **overrides
-        )
-        return running(settings, models=models, generator=generator, voice=voice_models)
-
-    return start
-
-
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 async def test_a_signed_stream_is_answered(
-    voice_server: Callable[..., AbstractAsyncContextManager[RunningServer]],
+    voice_server: ServerFactory,
 ) -> None:
     line = "I lost my card and I need a new one."
     async with voice_server(twilio_auth_token=TOKEN, public_url=PUBLIC) as srv:

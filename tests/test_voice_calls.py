@@ -19,8 +19,8 @@ import subprocess
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,21 +30,18 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from assistant import (
-    Models,
-    ResponseGenerator,
     Settings,
     SettingsError,
-    VoiceModels,
-    VoiceModelsConfig,
     issue_token,
 )
 from assistant.app.runtime import voice_config
 from assistant.voice.synthesis import parse_wav
 from fusion import SERVICE_EMOTIONS
-from fusion.asr import AsrConfig, word_error_rate
+from fusion.asr import word_error_rate
 from fusion.audio import mulaw_decode, mulaw_encode, pcm16_encode, resample
 from fusion.vad import VadConfig
-from server import RunningServer, running
+from server import RunningServer
+from tests.conftest import ServerFactory
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
@@ -103,33 +100,8 @@ def caller_audio() -> dict[str, bytes]:
 # servers
 
 
-@pytest.fixture(scope="session")
-async def voice_models() -> AsyncIterator[VoiceModels]:
-    """The speech models, loaded once and shared by every voice server of the run."""
-    config = VoiceModelsConfig(asr=AsrConfig(device="cpu"), device="cpu")
-    loaded = await asyncio.to_thread(VoiceModels.load, config)
-    yield loaded
-    await loaded.stop()
-
-
-ServerStarter = Callable[..., AbstractAsyncContextManager[RunningServer]]
-
-
 @pytest.fixture
-def voice_server(
-    models: Models, generator: ResponseGenerator, voice_models: VoiceModels, sqlite_url: str
-) -> ServerStarter:
-    def start(**overrides: Any) -> AbstractAsyncContextManager[RunningServer]:
-        settings = replace(
-            Settings(host="127.0.0.1", port=0, db_url=sqlite_url, device="cpu"), **overrides
-        )
-        return running(settings, models=models, generator=generator, voice=voice_models)
-
-    return start
-
-
-@pytest.fixture
-async def server(voice_server: ServerStarter) -> AsyncIterator[RunningServer]:
+async def server(voice_server: ServerFactory) -> AsyncIterator[RunningServer]:
     async with voice_server() as srv:
         yield srv
 
@@ -661,7 +633,7 @@ async def test_ten_minute_call_keeps_memory_bounded(
 
 
 async def test_token_decides_who_calls_when_the_server_has_a_secret(
-    voice_server: ServerStarter,
+    voice_server: ServerFactory,
 ) -> None:
     async with voice_server(widget_secret="s3cret") as srv:
         async with twilio_call(srv) as peer:

@@ -10,16 +10,13 @@ nothing in the store.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import importlib.util
 import io
 import json
 import shutil
 import wave
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,6 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from assistant import Models, ResponseGenerator, Settings, VoiceModels, VoiceModelsConfig
 from assistant.chat.protocol import (
     MAX_NOTE_BYTES,
     MAX_NOTE_PARTS,
@@ -40,12 +36,12 @@ from assistant.chat.protocol import (
 )
 from assistant.chat.recovery import unanswered
 from assistant.chat.voice_notes import PartHeld, VoiceNotes, WholeNote
-from fusion.asr import AsrConfig, word_error_rate
+from fusion.asr import word_error_rate
 from fusion.audio import pcm16_encode, resample
 from fusion.recordings import RecordingTooLong, UndecodableRecording, decode_note
 from profiles import StoredFrame, TurnRecord
-from server import RunningServer, running
-from tests.conftest import Client
+from server import RunningServer
+from tests.conftest import Client, ServerFactory
 from tests.support.speech_helpers import espeak, needs_espeak
 
 SPOKEN = "I lost my card and I need a new one."
@@ -59,8 +55,6 @@ SPEECH_PART = 32_000
 # need a new one" as "I neither knew one", 0.3), depending on small changes in the audio
 # such as the Opus bit rate. Worse than that is not the note that was said.
 MAX_WER = 0.35
-
-ServerStarter = Callable[..., AbstractAsyncContextManager[RunningServer]]
 
 
 # audio
@@ -108,30 +102,9 @@ def audio_frame(note: str, data: bytes, part: int, last: bool, **fields: Any) ->
 # servers
 
 
-@pytest.fixture(scope="session")
-async def voice_models() -> AsyncIterator[VoiceModels]:
-    config = VoiceModelsConfig(asr=AsrConfig(device="cpu"), device="cpu")
-    loaded = await asyncio.to_thread(VoiceModels.load, config)
-    yield loaded
-    await loaded.stop()
-
-
 @pytest.fixture
-def note_server(
-    models: Models, generator: ResponseGenerator, voice_models: VoiceModels, sqlite_url: str
-) -> ServerStarter:
-    def start(**overrides: Any) -> AbstractAsyncContextManager[RunningServer]:
-        settings = replace(
-            Settings(host="127.0.0.1", port=0, db_url=sqlite_url, device="cpu"), **overrides
-        )
-        return running(settings, models=models, generator=generator, voice=voice_models)
-
-    return start
-
-
-@pytest.fixture
-async def server(note_server: ServerStarter) -> AsyncIterator[RunningServer]:
-    async with note_server() as srv:
+async def server(voice_server: ServerFactory) -> AsyncIterator[RunningServer]:
+    async with voice_server() as srv:
         yield srv
 
 
@@ -363,9 +336,9 @@ async def test_unknown_encodings_undecodable_audio_and_silence_are_refused(
     await client.ws.close()
 
 
-async def test_a_half_sent_note_is_dropped_after_the_timeout(note_server: ServerStarter) -> None:
+async def test_a_half_sent_note_is_dropped_after_the_timeout(voice_server: ServerFactory) -> None:
     """With no time allowed between parts, the next part always finds the note dropped."""
-    async with note_server(note_timeout_s=0.0) as srv:
+    async with voice_server(note_timeout_s=0.0) as srv:
         client, welcome = await chat(srv, "note-abandoned")
         await client.send(audio_frame("slow", bytes(3200), 0, False))
         assert (await client.recv())["part"] == 0
@@ -376,7 +349,7 @@ async def test_a_half_sent_note_is_dropped_after_the_timeout(note_server: Server
         await client.ws.close()
 
 
-async def test_a_server_without_voice_notes_says_so(start_server: ServerStarter) -> None:
+async def test_a_server_without_voice_notes_says_so(start_server: ServerFactory) -> None:
     async with start_server(voice_notes=False) as srv:
         client, welcome = await chat(srv, "note-off")
         error = await refused(client, audio_frame("a1", bytes(3200), 0, True))
