@@ -193,16 +193,25 @@ def _voiced(wave: FloatArray, rate: int) -> FloatArray:
     return wave[loud[0] * frame : (loud[-1] + 1) * frame]
 
 
+async def speak(tts: EspeakTts, text: str) -> FloatArray:
+    """`text` said by `tts` at 8 kHz, voiced part only, as the caller's handset sends it."""
+    result = await tts.synthesize(text)
+    if result is None:
+        raise BenchError(f"espeak-ng said nothing for {text!r}")
+    return resample(_voiced(result.audio, result.sample_rate), result.sample_rate, RATE)
+
+
 async def synthesize(texts: Sequence[str]) -> dict[str, FloatArray]:
-    """Each sentence at 8 kHz, voiced part only, as the caller's handset sends it."""
+    """Each sentence in the caller's voice."""
     tts = EspeakTts(CALLER_VOICE)
-    out: dict[str, FloatArray] = {}
-    for text in texts:
-        result = await tts.synthesize(text)
-        if result is None:
-            raise BenchError(f"espeak-ng said nothing for {text!r}")
-        out[text] = resample(_voiced(result.audio, result.sample_rate), result.sample_rate, RATE)
-    return out
+    return {text: await speak(tts, text) for text in texts}
+
+
+def line_frames(audio: FloatArray, rng: np.random.Generator) -> tuple[bytes, ...]:
+    """`audio` (8 kHz) with the line noise under it, as 20 ms frames of mu-law."""
+    noisy = audio + (LINE_NOISE * rng.standard_normal(len(audio))).astype(np.float32)
+    codes = mulaw_encode(noisy).tobytes()
+    return tuple(codes[i : i + FRAME_BYTES] for i in range(0, len(codes), FRAME_BYTES))
 
 
 def build_script(library: dict[str, FloatArray], seconds: float, seed: int) -> CallScript:
@@ -221,10 +230,7 @@ def build_script(library: dict[str, FloatArray], seconds: float, seed: int) -> C
         audio[start : start + wave.shape[0]] = wave
         utterances.append(Utterance(text, start / RATE, (start + wave.shape[0]) / RATE))
         t = (start + wave.shape[0]) / RATE + float(rng.uniform(*GAP_S))
-    audio += (LINE_NOISE * rng.standard_normal(total)).astype(np.float32)
-    codes = mulaw_encode(audio).tobytes()
-    frames = tuple(codes[i : i + FRAME_BYTES] for i in range(0, total, FRAME_BYTES))
-    return CallScript(frames, tuple(utterances))
+    return CallScript(line_frames(audio, rng), tuple(utterances))
 
 
 # one call's timings
@@ -291,8 +297,12 @@ async def recv_json(ws: ClientConnection) -> dict[str, Any] | bytes:
     return frame
 
 
-async def native_call(url: str, log: CallLog, start_at: float, errors: list[str]) -> None:
-    """One call on /voice: JSON start (mu-law 8 kHz), binary frames, transcripts and audio."""
+async def native_stream(
+    url: str, log: CallLog, start_at: float, on_frame: Callable[[float, dict[str, Any]], None]
+) -> None:
+    """Stream `log`'s script on /voice: JSON start (mu-law 8 kHz), binary frames at real-time
+    pace, `stop`. Each JSON frame the server sends goes to `on_frame` with the time it came,
+    each binary reply audio frame to `log.audio_frame`."""
     async with connect(f"{url}/voice", max_size=None) as ws:
         await ws.send(
             json.dumps(
@@ -309,24 +319,12 @@ async def native_call(url: str, log: CallLog, start_at: float, errors: list[str]
             raise BenchError(f"/voice answered {first!r} to start")
 
         async def receive() -> None:
-            seen = 0
             async for raw in ws:
                 now = time.perf_counter()
                 if isinstance(raw, bytes):
                     log.audio_frame(now)
-                    continue
-                frame = json.loads(raw)
-                kind = frame.get("type")
-                if kind == "transcript":
-                    index = log.match(frame.get("at"), seen)
-                    seen += 1
-                    if index is not None and index not in log.transcript_at:
-                        log.transcript_at[index] = now
-                        log.transcript_text[index] = str(frame.get("text", ""))
-                elif kind == "clear":
-                    log.clears += 1
-                elif kind == "error":
-                    errors.append(f"{frame.get('code')}: {frame.get('message')}")
+                else:
+                    on_frame(now, json.loads(raw))
 
         receiver = asyncio.create_task(receive())
 
@@ -340,6 +338,27 @@ async def native_call(url: str, log: CallLog, start_at: float, errors: list[str]
             await asyncio.wait_for(receiver, 30.0)
         finally:
             receiver.cancel()
+
+
+async def native_call(url: str, log: CallLog, start_at: float, errors: list[str]) -> None:
+    """One call on /voice: transcripts matched to utterances, reply audio, clears, errors."""
+    seen = 0
+
+    def on_frame(now: float, frame: dict[str, Any]) -> None:
+        nonlocal seen
+        kind = frame.get("type")
+        if kind == "transcript":
+            index = log.match(frame.get("at"), seen)
+            seen += 1
+            if index is not None and index not in log.transcript_at:
+                log.transcript_at[index] = now
+                log.transcript_text[index] = str(frame.get("text", ""))
+        elif kind == "clear":
+            log.clears += 1
+        elif kind == "error":
+            errors.append(f"{frame.get('code')}: {frame.get('message')}")
+
+    await native_stream(url, log, start_at, on_frame)
 
 
 async def twilio_call(url: str, log: CallLog, start_at: float, errors: list[str]) -> None:

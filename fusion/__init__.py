@@ -23,6 +23,7 @@ from fusion.serving import (
     TurnReading,
 )
 from fusion.text_encoder import EMBEDDING_DIM, TextEncoder, TextEncoderConfig
+from fusion.turn_model import TurnModel, TurnModelConfig, turn_features
 from fusion.vad import (
     SpeechDiscarded,
     SpeechEnded,
@@ -64,6 +65,8 @@ __all__ = [
     "TextEncoderConfig",
     "Transcript",
     "TurnInput",
+    "TurnModel",
+    "TurnModelConfig",
     "TurnReading",
     "TurnTranscriber",
     "UnderstandingResult",
@@ -73,6 +76,7 @@ __all__ = [
     "VadStream",
     "conditions_heads",
     "select_device",
+    "turn_features",
     "update_profile",
     "update_state",
     "word_error_rate",

@@ -448,6 +448,11 @@ class TurnTranscriber:
         elif isinstance(event, SpeechStarted):
             self._drop()
 
+    def speculation(self, paused: SpeechPaused) -> asyncio.Task[Transcript] | None:
+        """The transcription started at `paused`, while it is still the current one (the
+        end-of-turn check reads it); None when speculation was skipped."""
+        return self._task if self._audio is paused.audio else None
+
     async def finish(self, ended: SpeechEnded) -> Transcript:
         """The turn's transcript: the speculation when it covered exactly this audio (whether
         or not `observe` saw `ended` first), otherwise a transcription of `ended.audio`."""

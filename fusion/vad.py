@@ -26,6 +26,13 @@ run on the event loop) and returns events:
 - `SpeechDiscarded(at_s, duration_s)`: the speech after a `SpeechStarted` stopped before
   `min_speech_ms` (a cough, a click): nothing to transcribe.
 
+`end_turn(paused)` lets something outside the stream decide sooner than `end_silence_ms`
+(an end-of-turn model that heard the caller finish, in assistant/voice/call.py): while the
+caller is still silent in the pause that emitted `paused`, it ends the utterance at once with
+the `SpeechEnded` that `end_silence_ms` would have given (`same_as_pause=True`, the pause's
+audio); with `silence_ms`, it ends that pause after that much silence instead. Once speech
+resumes, or the utterance has ended, it does nothing: the answer came too late.
+
 So every `SpeechStarted` is closed by exactly one `SpeechEnded` or `SpeechDiscarded`, and
 `flush()` at the end of the call closes an open one. Between probabilities `neg_threshold`
 and `threshold` the state does not change (hysteresis): speech does not end there and
@@ -199,6 +206,7 @@ class VadStream:
         self._silence_from: int | None = None  # absolute index where the silence began
         self._below_from: int | None = None  # first window under threshold in this run
         self._paused: SpeechPaused | None = None
+        self._pause_end: int | None = None  # silence that ends the current pause (end_turn)
         self.last_probability = 0.0
 
     # -- introspection -------------------------------------------------------------------
@@ -254,6 +262,19 @@ class VadStream:
         self._preroll.clear()
         return events
 
+    def end_turn(self, paused: SpeechPaused, silence_ms: int | None = None) -> list[VadEvent]:
+        """End the utterance now (or after `silence_ms` of silence) if the caller has been
+        silent since `paused`; otherwise nothing (the events that `feed` would return)."""
+        if not self._triggered or self._paused is not paused or self._silence_from is None:
+            return []
+        now = self._windows * WINDOW
+        if silence_ms is not None and now - self._silence_from < silence_ms * (SAMPLE_RATE // 1000):
+            self._pause_end = silence_ms * (SAMPLE_RATE // 1000)
+            return []
+        events: list[VadEvent] = []
+        self._finish(self._silence_from, now, events, cut=False)
+        return events
+
     # -- internals -----------------------------------------------------------------------
 
     def _probability(self, window: FloatArray) -> float:
@@ -281,7 +302,7 @@ class VadStream:
         if prob >= cfg.threshold:
             self._below_from = None
             self._silence_from = None
-            self._paused = None
+            self._paused = self._pause_end = None
         else:
             if self._below_from is None:
                 self._below_from = start
@@ -292,7 +313,9 @@ class VadStream:
 
         if self._silence_from is not None:
             silence = end - self._silence_from
-            if silence >= self._end_silence:
+            if silence >= self._end_silence or (
+                self._pause_end is not None and silence >= self._pause_end
+            ):
                 self._finish(self._silence_from, end, events, cut=False)
                 return
             if self._pause is not None and self._paused is None and silence >= self._pause:
@@ -315,7 +338,7 @@ class VadStream:
         self._triggered = True
         self._onset = onset
         self._silence_from = self._below_from = None
-        self._paused = None
+        self._paused = self._pause_end = None
         pre = list(self._preroll)
         self._preroll.clear()
         pre_len = sum(w.shape[0] for w in pre)
@@ -355,7 +378,7 @@ class VadStream:
         self._utterance = []
         self._triggered = False
         self._silence_from = self._below_from = None
-        self._paused = None
+        self._paused = self._pause_end = None
         self._preroll.clear()
         if tail.size:
             for i in range(0, tail.shape[0], WINDOW):

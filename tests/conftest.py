@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,11 @@ ServerFactory = Callable[..., AbstractAsyncContextManager[RunningServer]]
 
 @pytest.fixture(scope="session")
 async def voice_models() -> AsyncIterator[VoiceModels]:
-    """The speech models of calls and voice notes, loaded once for the whole run."""
+    """The speech models of calls and voice notes, loaded once for the whole run, listening
+    by the default settings; the end-of-turn model is loaded too, for the model mode's views
+    (tests/test_turn_model.py)."""
     config = VoiceModelsConfig(asr=AsrConfig(device="cpu"), device="cpu")
-    loaded = await asyncio.to_thread(VoiceModels.load, config)
+    loaded = await asyncio.to_thread(partial(VoiceModels.load, config, turn_model=True))
     yield loaded
     await loaded.stop()
 

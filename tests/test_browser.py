@@ -261,7 +261,7 @@ async def test_widget_shows_suggestions_a_click_answers_and_the_console_shows_th
     await widget.click("#connect")
     await expect(widget.locator("#status")).to_have_text("connected", timeout=TIMEOUT_MS)
     # The heads are torn on this one whatever the page view before it.
-    await widget.fill("#text", "cash withdrawal problem")
+    await widget.fill("#text", "atm issue")
     await widget.press("#text", "Enter")
     done = widget.locator(".bubble.bot[data-done='true']")
     await expect(done).to_have_count(1, timeout=TIMEOUT_MS)

@@ -126,8 +126,15 @@ def test_conversation_intents_neither_set_nor_clear_the_topic_nor_the_question()
     assert turn.state == state
 
 
+def torn_pair(first: str, second: str) -> Understanding:
+    """The heads torn between two intents by the calibrated policy's measure: the best
+    below `clarify_confidence`, the second within `clarify_margin` of it."""
+    p1 = DEFAULT_POLICY.clarify_confidence - 0.03
+    return heads(first, p1, second, p1 - DEFAULT_POLICY.clarify_margin / 2)
+
+
 def test_torn_heads_get_a_clarifying_question_worded_from_the_knowledge_base() -> None:
-    torn = heads("card_payment_fee_charged", 0.42, "extra_charge_on_statement", 0.39)
+    torn = torn_pair("card_payment_fee_charged", "extra_charge_on_statement")
     turn = read_turn(DialogueState(), "I was charged extra", torn, LOW, KB)
     assert turn.kind is TurnKind.CLARIFICATION
     assert turn.question == QUESTION
@@ -140,14 +147,14 @@ def test_torn_heads_get_a_clarifying_question_worded_from_the_knowledge_base() -
 
 
 def test_heads_torn_between_the_topic_and_another_intent_stay_on_the_topic() -> None:
-    torn = heads(TWICE, 0.45, DECLINED, 0.40)
+    torn = torn_pair(TWICE, DECLINED)
     turn = read_turn(ON_DECLINED, "the payment went wrong", torn, LOW, KB)
     assert (turn.kind, turn.understanding.intent) == (TurnKind.FOLLOW_UP, DECLINED)
 
 
 def test_a_clear_margin_is_answered_not_asked() -> None:
-    margin = DEFAULT_POLICY.clarify_margin
-    clear = heads("card_payment_fee_charged", 0.55, "extra_charge_on_statement", 0.55 - margin)
+    margin, p1 = DEFAULT_POLICY.clarify_margin, DEFAULT_POLICY.clarify_confidence - 0.03
+    clear = heads("card_payment_fee_charged", p1, "extra_charge_on_statement", p1 - margin - 0.005)
     turn = read_turn(DialogueState(), "a fee on my card payment", clear, LOW, KB)
     assert turn.kind is TurnKind.NEW_TOPIC
 

@@ -234,3 +234,57 @@ def test_streams_share_the_model_but_not_state(vad_model: VadModel) -> None:
     b.feed(np.zeros(512, np.float32))
     assert vad_model.windows_processed - before == 4
     assert a.position_s == pytest.approx(3 * 0.032) and b.position_s == pytest.approx(0.032)
+
+
+@needs_espeak
+def test_end_turn_ends_the_paused_utterance_at_once_and_only_then(vad_model: VadModel) -> None:
+    """What an end-of-turn model's "complete" does: the SpeechEnded that end_silence_ms would
+    have given, now; too late once speech resumed; after a chosen silence when asked so."""
+    wave, rate = espeak("my card was declined")
+    on, end = speech_bounds(wave, rate)
+    wave16 = np.concatenate(
+        server_side(telephone(at_8k(wave[int(on * rate) : int(end * rate)], rate)))
+    )
+    config = VadConfig(end_silence_ms=1300, pause_ms=200)
+    pause_s = np.zeros(int(0.3 * 16000), np.float32)
+
+    stream = vad_model.stream(config)
+    events = stream.feed(wave16) + stream.feed(pause_s)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechPaused]
+    paused = events[1]
+    assert isinstance(paused, SpeechPaused)
+    ended = stream.end_turn(paused)
+    assert len(ended) == 1 and isinstance(ended[0], SpeechEnded)
+    assert ended[0].same_as_pause and ended[0].audio is paused.audio
+    assert ended[0].at_s == paused.at_s and not ended[0].cut
+    assert not stream.in_speech and stream.end_turn(paused) == []
+    # The silence that follows is the next utterance's pre-roll, not another turn.
+    assert stream.feed(np.zeros(2 * 16000, np.float32)) == []
+    # Speech again: the next utterance is whole, as without end_turn.
+    again = stream.feed(wave16) + stream.feed(np.zeros(2 * 16000, np.float32))
+    assert [type(e) for e in again] == [SpeechStarted, SpeechPaused, SpeechEnded]
+
+    # The caller spoke again before the answer came: the answer is ignored, one utterance.
+    stream = vad_model.stream(config)
+    events = stream.feed(wave16) + stream.feed(pause_s) + stream.feed(wave16)
+    paused = events[1]
+    assert isinstance(paused, SpeechPaused) and stream.end_turn(paused) == []
+    rest = stream.feed(np.zeros(2 * 16000, np.float32))
+    assert [type(e) for e in rest] == [SpeechPaused, SpeechEnded]
+    last = rest[-1]
+    assert isinstance(last, SpeechEnded) and last.audio.shape[0] > 2 * wave16.shape[0] * 0.9
+
+    # Asked to end after 500 ms of silence (the fallback of an overloaded model).
+    stream = vad_model.stream(config)
+    events = stream.feed(wave16) + stream.feed(pause_s)
+    paused = events[1]
+    assert isinstance(paused, SpeechPaused) and stream.end_turn(paused, 500) == []
+    fired = None
+    for _ in range(40):
+        out = stream.feed(np.zeros(320, np.float32))
+        if out:
+            fired = stream.position_s
+            assert [type(e) for e in out] == [SpeechEnded]
+            break
+    assert fired is not None
+    assert 0.5 <= fired - paused.at_s <= 0.5 + 0.07  # a window and a 20 ms frame late at most

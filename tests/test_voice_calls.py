@@ -460,7 +460,9 @@ async def test_native_pcm16_in_odd_sized_frames_is_transcribed(
 ) -> None:
     line = CALLER_LINES[4]
     audio, rate = espeak(line)
-    pcm = pcm16_encode(resample(audio, rate, 16000)) + pcm16_encode(np.zeros(16000))
+    # Two seconds of silence after the speech: more than the longest wait for the end of a
+    # turn (1.3 s, when the end-of-turn model says "not yet").
+    pcm = pcm16_encode(resample(audio, rate, 16000)) + pcm16_encode(np.zeros(32000))
     async with connect(server.url + "/voice") as ws:
         await ws.send(
             json.dumps(
@@ -679,6 +681,7 @@ def test_voice_settings_make_a_valid_configuration() -> None:
                 "ASSISTANT_ASR_WORKERS": "1",
                 "ASSISTANT_VAD_END_SILENCE_MS": "120",
                 "ASSISTANT_VAD_MAX_UTTERANCE_S": "8",
+                "ASSISTANT_TURN_DETECTION": "silence",
             }
         )
     )
@@ -707,7 +710,8 @@ async def test_a_caller_waiting_for_a_person_is_told_so_in_speech(
             """The reply to `line`, and how much of its audio came after it (half a second
             is enough: speech is paced in real time)."""
             audio, rate = espeak(line)
-            pcm = pcm16_encode(resample(audio, rate, 16000)) + pcm16_encode(np.zeros(16000))
+            # Silence longer than the longest wait for the end of a turn (1.3 s).
+            pcm = pcm16_encode(resample(audio, rate, 16000)) + pcm16_encode(np.zeros(32000))
             for begin in range(0, len(pcm), 640):  # 20 ms frames
                 await ws.send(pcm[begin : begin + 640])
             reply: dict[str, Any] | None = None

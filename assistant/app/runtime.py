@@ -25,9 +25,11 @@ from assistant.replies.llm_backends import TextGenerator
 from assistant.replies.retrieval import EmbeddingCache
 from assistant.voice.models import VoiceModels, VoiceModelsConfig
 from assistant.voice.service import VoiceConfig, VoiceService
+from assistant.voice.turns import TurnPolicy
 from fusion import BatcherConfig, FusionConfig, FusionRuntime
 from fusion.asr import AsrConfig
 from fusion.text_encoder import hide_loading_progress
+from fusion.turn_model import TurnModelConfig
 from fusion.vad import VadConfig
 from profiles import EngineOptions, OperatorStore, Store, UpgradeReport, migrate
 
@@ -118,18 +120,40 @@ def voice_config(settings: Settings) -> VoiceConfig:
     asr = AsrConfig(model_path=voice.asr_model, device=settings.device, beam_size=voice.asr_beam)
     if voice.asr_workers:
         asr = replace(asr, workers=voice.asr_workers)
-    silence = voice.vad_end_silence_ms
     base = VadConfig()
-    # A short end-of-speech silence leaves no room for the padding and the early pause.
-    pause = base.pause_ms if base.pause_ms is not None and base.pause_ms < silence else None
-    vad = VadConfig(
-        end_silence_ms=silence,
-        max_utterance_s=voice.vad_max_utterance_s,
-        speech_pad_ms=min(base.speech_pad_ms, silence),
-        pause_ms=pause,
+    if voice.turn_detection == "model":
+        # The VAD's pause is when the model is asked; its end silence the longest wait.
+        check = voice.turn_check_ms
+        vad = VadConfig(
+            end_silence_ms=voice.turn_max_silence_ms,
+            max_utterance_s=voice.vad_max_utterance_s,
+            speech_pad_ms=min(base.speech_pad_ms, check),
+            pause_ms=check,
+        )
+    else:
+        silence = voice.vad_end_silence_ms
+        # A short end-of-speech silence leaves no room for the padding and the early pause.
+        pause = base.pause_ms if base.pause_ms is not None and base.pause_ms < silence else None
+        vad = VadConfig(
+            end_silence_ms=silence,
+            max_utterance_s=voice.vad_max_utterance_s,
+            speech_pad_ms=min(base.speech_pad_ms, silence),
+            pause_ms=pause,
+        )
+    turns = TurnPolicy(
+        detection=voice.turn_detection,
+        threshold=voice.turn_threshold,
+        fallback_silence_ms=voice.vad_end_silence_ms,
     )
     return VoiceConfig(
-        models=VoiceModelsConfig(tts=voice.tts, asr=asr, vad=vad, device=settings.device),
+        models=VoiceModelsConfig(
+            tts=voice.tts,
+            asr=asr,
+            vad=vad,
+            device=settings.device,
+            turns=turns,
+            turn_model=TurnModelConfig(model_path=voice.turn_model),
+        ),
         send_queue=settings.send_queue,
     )
 

@@ -13,6 +13,7 @@ from assistant.core.settings import SettingsError
 from assistant.operators.sign_in_throttle import AuthThrottleConfig
 from assistant.replies.dialogue import DialogueConfig
 from assistant.replies.llm_config import GenerationConfig
+from assistant.voice.turns import CHECK_MS, MAX_SILENCE_MS
 from profiles import DEFAULT_DB_URL
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -22,8 +23,8 @@ LogFormat = Literal["auto", "json", "text"]
 
 @dataclass(frozen=True, slots=True)
 class VoiceSettings:
-    """Voice calls: speech synthesis, recognition and turn detection (ASSISTANT_TTS, _ASR_*,
-    _VAD_*)."""
+    """Voice calls: speech synthesis, recognition and turn taking (ASSISTANT_TTS, _ASR_*,
+    _VAD_*, _TURN_*)."""
 
     tts: str = "espeak"  # espeak | none
     # A faster-whisper (CTranslate2) model folder; unset: the shipped Whisper tiny.en.
@@ -31,8 +32,18 @@ class VoiceSettings:
     asr_beam: int = 5  # fewer word errors than greedy on short utterances (fusion/asr.py)
     # Utterances transcribed at once across all calls; 0: one per CPU core, at most 4.
     asr_workers: int = 0
+    # The silence that ends an utterance in the silence mode (and a pause that the end-of-turn
+    # model cannot judge, in the model mode).
     vad_end_silence_ms: int = 500
     vad_max_utterance_s: float = 20.0
+    # model: an end-of-turn model judges each pause (assistant/voice/turns.py); silence: only
+    # vad_end_silence_ms of silence ends an utterance.
+    turn_detection: Literal["model", "silence"] = "silence"
+    turn_check_ms: int = CHECK_MS  # silence before the model is asked
+    turn_threshold: float = 0.5  # its probability at or above which the turn is over
+    turn_max_silence_ms: int = MAX_SILENCE_MS  # the longest wait when it says "not yet"
+    # The end-of-turn model's .onnx file; unset: Smart Turn v3.2 from the pipecat-ai wheel.
+    turn_model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +182,18 @@ class Settings:
                     "ASSISTANT_ASR_BEAM, ASSISTANT_VAD_END_SILENCE_MS and "
                     "ASSISTANT_VAD_MAX_UTTERANCE_S must be positive"
                 )
+            check = int(number("TURN_CHECK_MS", base.turn_check_ms, int))
+            wait = int(number("TURN_MAX_SILENCE_MS", base.turn_max_silence_ms, int))
+            if not 0 < check < wait or wait < 100:
+                raise SettingsError(
+                    f"ASSISTANT_TURN_CHECK_MS={check} and ASSISTANT_TURN_MAX_SILENCE_MS={wait}: "
+                    "need 0 < check < max silence, and a max silence of at least 100 ms"
+                )
+            threshold = number("TURN_THRESHOLD", base.turn_threshold, float)
+            if not 0.0 < threshold < 1.0:
+                raise SettingsError(
+                    f"ASSISTANT_TURN_THRESHOLD={threshold!r} must lie between 0 and 1"
+                )
             return VoiceSettings(
                 tts=choice("TTS", base.tts, ("espeak", "none")),
                 asr_model=get("ASR_MODEL"),
@@ -178,6 +201,13 @@ class Settings:
                 asr_workers=int(positive("ASR_WORKERS", base.asr_workers, int)),
                 vad_end_silence_ms=silence,
                 vad_max_utterance_s=longest,
+                turn_detection=choice(  # type: ignore[arg-type]
+                    "TURN_DETECTION", base.turn_detection, ("model", "silence")
+                ),
+                turn_check_ms=check,
+                turn_threshold=threshold,
+                turn_max_silence_ms=wait,
+                turn_model=get("TURN_MODEL"),
             )
 
         def rate_limits() -> RateLimits:

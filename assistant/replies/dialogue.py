@@ -78,8 +78,8 @@ class DialoguePolicy:
     sure_follow_up_score: float = 0.84
     # Ask which intent is meant when the best is below this and within `clarify_margin` of
     # the second.
-    clarify_confidence: float = 0.9
-    clarify_margin: float = 0.15
+    clarify_confidence: float = 0.45
+    clarify_margin: float = 0.05
 
     def __post_init__(self) -> None:
         for name in (

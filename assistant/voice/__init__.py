@@ -13,6 +13,7 @@
 - twilio: The `/voice/twilio` route: one TwilioConnection per Twilio Media Stream.
 - twilio_signature: Twilio's `X-Twilio-Signature` on a stream's upgrade: the signed URL and the
   check, pure.
+- turns: When a caller has finished speaking: the turn-taking policy of calls, pure (no I/O).
 
 Other rooms import from these modules by name; nothing is re-exported here.
 """

@@ -12,6 +12,12 @@ Caller audio is processed as it arrives, on the event loop (the VAD costs about 
 anything. Transcription starts at the caller's first pause (`TurnTranscriber`) and runs in
 the recognizer's pool; the turns wait for it in order.
 
+In the model mode of turn taking (assistant/voice/turns.py) each pause is also put to the
+end-of-turn model, in its batcher, while the speculative transcript is being made; when both
+say the caller has finished and the caller is still silent in that pause, the VAD ends the
+utterance at once (`VadStream.end_turn`). A pause the model cannot judge ends by the silence
+rule. A pause that speech interrupts is forgotten, whatever its answer.
+
 Everything a call holds is bounded: the VAD's utterance buffer (cut at the maximum utterance
 length), at most `max_utterances` finished utterances waiting for the recognizer (beyond that
 `hear` waits, which pushes back on the socket), synthesized audio waiting to be paced out,
@@ -39,10 +45,11 @@ from assistant.core.redaction import redact
 from assistant.voice.models import VoiceModels
 from assistant.voice.protocol import VoiceErrorCode
 from assistant.voice.speaker import AudioSink, Speaker, SpeakerConfig
+from assistant.voice.turns import turn_complete
 from fusion import Overloaded
 from fusion.asr import Transcript, TurnTranscriber
 from fusion.audio import StreamResampler
-from fusion.vad import SAMPLE_RATE, SpeechEnded, SpeechStarted, VadEvent
+from fusion.vad import SAMPLE_RATE, SpeechEnded, SpeechPaused, SpeechStarted, VadEvent
 from fusion.voice_emotion import voice_emotion_vector
 from profiles import NewEvent, NotFound, Store, StoreUnavailable
 
@@ -86,6 +93,8 @@ class CallStats:
     turns: int = 0
     barge_ins: int = 0
     dtmf: int = 0
+    turn_checks: int = 0  # pauses put to the end-of-turn model
+    early_ends: int = 0  # ... that ended the utterance before the longest silence
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +128,11 @@ class VoiceCall:
         self._resampler = StreamResampler(input_rate, SAMPLE_RATE)
         self.vad = models.vad.stream(models.config.vad)
         self._transcriber = TurnTranscriber(models.recognizer, speculate=models.config.speculate)
+        self._model_turns = models.config.turns.detection == "model"
+        self._judging: asyncio.Task[None] | None = None  # the current pause's check
+        # The VAD and the handling of its events, one caller at a time: audio arriving, and a
+        # check that ends the turn. While an utterance waits for room in the queue, both wait.
+        self._listening = asyncio.Lock()
         self._utterances: asyncio.Queue[_Utterance | None] = asyncio.Queue(
             maxsize=config.max_utterances
         )
@@ -138,7 +152,8 @@ class VoiceCall:
         if self._ending or samples.size == 0:
             return
         self.stats.heard_s += samples.shape[0] / self._input_rate
-        await self._handle(self.vad.feed(self._resampler.process(samples)))
+        async with self._listening:
+            await self._handle(self.vad.feed(self._resampler.process(samples)))
 
     async def dtmf(self, digit: str) -> None:
         """A keypad press: stored as a behaviour event and folded into the profile."""
@@ -169,8 +184,46 @@ class VoiceCall:
             self._transcriber.observe(event)
             if isinstance(event, SpeechStarted):
                 self._onset(event)
+            elif isinstance(event, SpeechPaused) and self._model_turns:
+                self._judge_soon(event)
             elif isinstance(event, SpeechEnded):
                 await self._ended(event)
+
+    def _judge_soon(self, paused: SpeechPaused) -> None:
+        if self._judging is not None:
+            self._judging.cancel()  # an earlier pause of this utterance: speech came after it
+        self._judging = asyncio.create_task(self._judge(paused), name=f"turn-check-{self.id}")
+
+    async def _judge(self, paused: SpeechPaused) -> None:
+        """Put one pause to the end-of-turn model (and its speculative transcript, when one
+        is being made) and end the utterance if the caller has finished."""
+        self.stats.turn_checks += 1
+        policy = self._models.config.turns
+        speculation = self._transcriber.speculation(paused)
+        try:
+            probability = await self._models.turn_probability(paused.audio)
+        except Exception:
+            log.exception("the end-of-turn model failed", extra={"session_id": self.id})
+            probability = None
+        if probability is None:
+            async with self._listening:
+                await self._handle(self.vad.end_turn(paused, policy.fallback_silence_ms))
+            return
+        if probability < policy.threshold:
+            return
+        text = None
+        if speculation is not None:
+            await asyncio.wait([speculation])
+            if speculation.cancelled():
+                return  # the caller spoke again: this pause is over
+            if speculation.exception() is None:
+                text = speculation.result().text
+        if not turn_complete(probability, text, policy.threshold):
+            return
+        async with self._listening:
+            events = self.vad.end_turn(paused)
+            self.stats.early_ends += bool(events)
+            await self._handle(events)
 
     def _onset(self, onset: SpeechStarted) -> None:
         cut = self.speaker.interrupt()
@@ -294,13 +347,19 @@ class VoiceCall:
         await self.speaker.stop()
         try:
             async with asyncio.timeout(self.config.close_timeout_s):
-                await self._handle(self.vad.feed(self._resampler.flush()) + self.vad.flush())
+                if self._judging is not None:
+                    # Its answer may end the last utterance; the flush below ends it otherwise.
+                    await asyncio.wait([self._judging])
+                async with self._listening:
+                    await self._handle(self.vad.feed(self._resampler.flush()) + self.vad.flush())
                 await self._utterances.put(None)
                 await self._turns
                 await self.session.settle()
         except TimeoutError:
             log.warning("call closed with turns unfinished", extra={"session_id": self.id})
         finally:
+            if self._judging is not None:
+                self._judging.cancel()
             self._turns.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._turns

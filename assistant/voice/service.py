@@ -1,9 +1,9 @@
 """The voice calls' shared state: VoiceService, and what both routes' connections share.
 
-VoiceService owns what every call shares (the VAD model, the speech recognizer, the speech
-featurizer and the synthesizer, loaded once) and the live calls. Each WebSocket gets a
-connection that speaks its route's protocol and drives one VoiceCall: `/voice/twilio`
-(Twilio Media Streams, assistant/voice/twilio.py) or `/voice` (native audio,
+VoiceService owns what every call shares (the VAD model, the end-of-turn model, the speech
+recognizer, the speech featurizer and the synthesizer, loaded once) and the live calls. Each
+WebSocket gets a connection that speaks its route's protocol and drives one VoiceCall:
+`/voice/twilio` (Twilio Media Streams, assistant/voice/twilio.py) or `/voice` (native audio,
 assistant/voice/native.py). The same models hear the voice notes of /chat (`hear_note`).
 """
 
@@ -136,9 +136,12 @@ class VoiceService:
             await self.chat.store.set_conversation_status(session.id, "closed")
         stats = call.stats
         log.info(
-            "call ended: %.1f s heard, %d utterances, %d turns, %d barge-ins, %d digits",
+            "call ended: %.1f s heard, %d utterances (%d pauses put to the end-of-turn model, "
+            "%d ended by it), %d turns, %d barge-ins, %d digits",
             stats.heard_s,
             stats.utterances,
+            stats.turn_checks,
+            stats.early_ends,
             stats.turns,
             stats.barge_ins,
             stats.dtmf,

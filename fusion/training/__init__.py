@@ -7,7 +7,8 @@
 - `heads/`: the intent and emotion heads (`python -m fusion.training.heads`);
 - `fusion_model/`: the fusion model's ablation and weights (`python -m
   fusion.training.fusion_model`), on sessions of `simulator` (tables in `simulator_tables`);
-- `speech_encoder`: the speech encoder (`python -m fusion.training.speech_encoder`).
+- `speech_encoder`: the speech encoder (`python -m fusion.training.speech_encoder`);
+- `packs/`: a domain pack's intent head (`assistant domain train`, docs/domains.md).
 
 Serving code never imports this package; it imports serving.
 """
