@@ -81,7 +81,6 @@ import asyncio
 import bisect
 import hashlib
 import json
-import logging
 import os
 import platform
 import subprocess
@@ -113,6 +112,7 @@ from voice_calls import (  # noqa: E402
     Utterance,
     line_frames,
     native_stream,
+    run_and_write,
     speak,
 )
 from websockets.exceptions import WebSocketException  # noqa: E402
@@ -830,22 +830,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--complete and --paused must not be negative, nor both 0")
     if args.calls < 1 or args.calls > args.complete + args.paused:
         parser.error("--calls must be between 1 and the number of utterances")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # The server raises some of its loggers to INFO (connections opened and closed): the
-    # handler, not the loggers, decides what the bench prints.
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(logging.WARNING)
-    try:
-        result = asyncio.run(bench(args))
-    except BenchError as exc:
-        print(f"turn_taking: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("turn_taking: interrupted", file=sys.stderr)
-        return 130
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"written to {args.json}")
+    result = run_and_write("turn_taking", bench(args), args.json)
+    if isinstance(result, int):
+        return result
     if result["failed"]:
         print(f"turn_taking: failed: {', '.join(result['failed'])}", file=sys.stderr)
         return 1

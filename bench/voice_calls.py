@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -778,23 +778,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seconds = QUICK_SECONDS if args.quick else DEFAULT_SECONDS
     if args.seconds < 8:
         parser.error("--seconds must be at least 8")
+    ran = run_and_write("voice_calls", bench(args), args.json)
+    return ran if isinstance(ran, int) else 0
+
+
+def run_and_write(
+    name: str, run: Coroutine[Any, Any, dict[str, Any]], path: Path
+) -> dict[str, Any] | int:
+    """Run a voice bench with only warnings logged and write its result to `path` as JSON;
+    the result, or the exit status when it could not finish (the reason printed)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The server raises some of its loggers to INFO (connections opened and closed): the
     # handler, not the loggers, decides what the bench prints.
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.WARNING)
     try:
-        result = asyncio.run(bench(args))
+        result = asyncio.run(run)
     except BenchError as exc:
-        print(f"voice_calls: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("voice_calls: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"written to {args.json}")
-    return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"written to {path}")
+    return result
 
 
 if __name__ == "__main__":
