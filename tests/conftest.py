@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
@@ -30,6 +31,21 @@ from fusion.asr import AsrConfig
 from profiles import Store
 from server import RunningServer, running
 from tests.support.databases import temporary_pg_database
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """speechbrain puts lazy stand-ins for its optional integrations (k2, flair, spaCy, ...)
+    into sys.modules; reading any attribute of one whose package is not installed raises
+    ImportError. Hypothesis reads every new module's `__file__` to collect constants, now and
+    then, so a property test failed at random once speechbrain was loaded. The stand-ins that
+    never loaded are unused here: they leave sys.modules before each test."""
+    lazy = getattr(sys.modules.get("speechbrain.utils.importutils"), "LazyModule", None)
+    if lazy is None:
+        return
+    for name, module in list(sys.modules.items()):
+        if isinstance(module, lazy) and module.lazy_module is None:
+            del sys.modules[name]
+
 
 PG_URL_ENV = "ASSISTANT_TEST_PG_URL"
 RECV_TIMEOUT_S = 30.0
